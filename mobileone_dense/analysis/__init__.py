@@ -1,0 +1,5 @@
+from .complexity import PAPER_COMPLEXITY, ComplexityRow, measure_classifier_complexity
+from .fusion_check import fusion_error, randomize_batch_norm
+
+__all__ = ['PAPER_COMPLEXITY', 'ComplexityRow', 'fusion_error', 'measure_classifier_complexity',
+           'randomize_batch_norm']

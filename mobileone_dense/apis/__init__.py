@@ -1,0 +1,3 @@
+from .model_building import build_model_from_config
+
+__all__ = ['build_model_from_config']

@@ -1,0 +1,8 @@
+from .checkpoint_io import allow_mmengine_checkpoints, load_checkpoint_file, state_dict_of
+from .loading import load_weights_strictly, load_pretrained_backbone
+from .mobileone import (SOURCES, backbone_state_dict, convert_state_dict, detect_source,
+                        is_fused)
+
+__all__ = ['SOURCES', 'allow_mmengine_checkpoints', 'backbone_state_dict', 'convert_state_dict',
+           'detect_source', 'is_fused', 'load_weights_strictly', 'load_checkpoint_file',
+           'load_pretrained_backbone', 'state_dict_of']

@@ -1,0 +1,18 @@
+"""Registries of the ``mobileone_dense`` scope.
+
+Children of mmengine's root registries, so that mmdet, mmseg and mmpretrain configs reach our modules
+as ``type='mobileone_dense.MobileOne'`` (and mmengine imports this module when a config switches to
+the ``mobileone_dense`` scope). mmpretrain's own ``MobileOne`` lives in the ``mmpretrain`` scope and
+is not shadowed.
+"""
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import Registry
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mobileone_dense',
+                  locations=['mobileone_dense.models'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mobileone_dense',
+                 locations=['mobileone_dense.engine'])
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mobileone_dense',
+                   locations=['mobileone_dense.engine'])

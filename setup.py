@@ -1,0 +1,59 @@
+"""Install mobileone_dense; ships configs/ as package data under mobileone_dense/.mim/configs so that
+mmengine's ``mobileone_dense::folder/file.py`` config inheritance finds them."""
+import os
+import os.path as osp
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = osp.dirname(osp.abspath(__file__))
+MIM_DIR = osp.join(ROOT, 'mobileone_dense', '.mim')
+
+
+def ship_configs() -> None:
+    """Expose configs/ to mmengine's ``mobileone_dense::configs/<file>.py`` inheritance.
+
+    mmengine looks for ``<package dir>/.mim/configs/<path after ::>`` (and first reads
+    ``.mim/model-index.yml``). The path after ``::`` must contain a folder, so our flat
+    ``configs/*.py`` are shipped as ``.mim/configs/configs/``: users write the repo path.
+    Editable installs get a symlink (edits are live), wheels a copy.
+    """
+    target_root = osp.join(MIM_DIR, 'configs')
+    if osp.islink(target_root) or osp.isfile(target_root):
+        os.remove(target_root)
+    elif osp.isdir(target_root):
+        shutil.rmtree(target_root)
+    os.makedirs(target_root)
+    with open(osp.join(MIM_DIR, 'model-index.yml'), 'w') as f:
+        f.write('Import: []\n')  # no metafiles: mmengine falls back to .mim/configs/<path>
+    target = osp.join(target_root, 'configs')
+    if {'develop', 'editable_wheel'} & set(sys.argv):
+        os.symlink(osp.join('..', '..', '..', 'configs'), target)
+    else:
+        shutil.copytree(osp.join(ROOT, 'configs'), target)
+
+
+def config_files() -> list:
+    files = ['.mim/model-index.yml']
+    for dirpath, _, filenames in os.walk(osp.join(ROOT, 'configs')):
+        rel = osp.relpath(dirpath, osp.join(ROOT, 'configs'))
+        files += [osp.normpath(osp.join('.mim', 'configs', 'configs', rel, f))
+                  for f in filenames if f.endswith('.py')]
+    return files
+
+
+ship_configs()
+setup(
+    name='mobileone_dense',
+    version='0.1.0',
+    description='MobileOne backbones for detection, segmentation and classification in OpenMMLab',
+    packages=find_packages(include=['mobileone_dense', 'mobileone_dense.*']),
+    package_data={'mobileone_dense': config_files()},
+    include_package_data=False,
+    python_requires='>=3.9',
+    install_requires=['torch', 'mmengine>=0.10.0', 'mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0',
+                      'mmsegmentation>=1.0.0', 'mmpretrain>=1.0.0', 'pycocotools', 'opencv-python'],
+    extras_require={'deploy': ['onnx', 'onnxruntime'], 'tests': ['pytest', 'timm']},
+    zip_safe=False,
+)

@@ -1,0 +1,105 @@
+"""A compact copy of the structure of Apple's reference MobileOne (ml-mobileone, mobileone.py).
+
+Only what determines its state-dict layout and its function is kept: ``stage0`` (stem) ...
+``stage4``, blocks with ``rbr_skip`` (BN), ``rbr_conv`` (k conv-BN), ``rbr_scale`` (1x1 conv-BN),
+``se`` (reduce/expand), ``reparam_conv`` when fused, and ``linear``. Used to check that Apple's
+checkpoints convert to identical features.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SEBlock(nn.Module):
+    def __init__(self, in_channels, rd_ratio=0.0625):
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, int(in_channels * rd_ratio), 1, bias=True)
+        self.expand = nn.Conv2d(int(in_channels * rd_ratio), in_channels, 1, bias=True)
+
+    def forward(self, inputs):
+        x = F.avg_pool2d(inputs, kernel_size=inputs.shape[-2:])
+        return inputs * torch.sigmoid(self.expand(F.relu(self.reduce(x))))
+
+
+def conv_bn(in_c, out_c, k, stride, padding, groups):
+    mod = nn.Sequential()
+    mod.add_module('conv', nn.Conv2d(in_c, out_c, k, stride, padding, groups=groups, bias=False))
+    mod.add_module('bn', nn.BatchNorm2d(out_c))
+    return mod
+
+
+class MobileOneBlock(nn.Module):
+    def __init__(self, in_c, out_c, k, stride=1, padding=0, groups=1, inference_mode=False,
+                 use_se=False, num_conv_branches=1):
+        super().__init__()
+        self.se = SEBlock(out_c) if use_se else nn.Identity()
+        self.activation = nn.ReLU()
+        if inference_mode:
+            self.reparam_conv = nn.Conv2d(in_c, out_c, k, stride, padding, groups=groups, bias=True)
+            return
+        self.rbr_skip = nn.BatchNorm2d(in_c) if out_c == in_c and stride == 1 else None
+        self.rbr_conv = nn.ModuleList(conv_bn(in_c, out_c, k, stride, padding, groups)
+                                      for _ in range(num_conv_branches))
+        self.rbr_scale = conv_bn(in_c, out_c, 1, stride, 0, groups) if k > 1 else None
+
+    def forward(self, x):
+        if hasattr(self, 'reparam_conv'):
+            return self.activation(self.se(self.reparam_conv(x)))
+        out = 0
+        if self.rbr_skip is not None:
+            out = self.rbr_skip(x)
+        if self.rbr_scale is not None:
+            out = out + self.rbr_scale(x)
+        for branch in self.rbr_conv:
+            out = out + branch(x)
+        return self.activation(self.se(out))
+
+
+PARAMS = {
+    's0': dict(width_multipliers=(0.75, 1.0, 1.0, 2.0), num_conv_branches=4),
+    's1': dict(width_multipliers=(1.5, 1.5, 2.0, 2.5)),
+    's2': dict(width_multipliers=(1.5, 2.0, 2.5, 4.0)),
+    's3': dict(width_multipliers=(2.0, 2.5, 3.0, 4.0)),
+    's4': dict(width_multipliers=(3.0, 3.5, 3.5, 4.0), use_se=True),
+}
+
+
+class AppleMobileOne(nn.Module):
+    def __init__(self, variant='s0', inference_mode=False, num_classes=1000):
+        super().__init__()
+        params = PARAMS[variant]
+        widths = params['width_multipliers']
+        self.inference_mode = inference_mode
+        self.num_conv_branches = params.get('num_conv_branches', 1)
+        use_se = params.get('use_se', False)
+        self.in_planes = min(64, int(64 * widths[0]))
+        self.stage0 = MobileOneBlock(3, self.in_planes, 3, 2, 1, inference_mode=inference_mode)
+        num_blocks = (2, 8, 10, 1)
+        self.stage1 = self._make_stage(int(64 * widths[0]), num_blocks[0], 0)
+        self.stage2 = self._make_stage(int(128 * widths[1]), num_blocks[1], 0)
+        self.stage3 = self._make_stage(int(256 * widths[2]), num_blocks[2],
+                                       int(num_blocks[2] // 2) if use_se else 0)
+        self.stage4 = self._make_stage(int(512 * widths[3]), num_blocks[3],
+                                       num_blocks[3] if use_se else 0)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(int(512 * widths[3]), num_classes)
+
+    def _make_stage(self, planes, num_blocks, num_se_blocks):
+        blocks = []
+        for ix, stride in enumerate([2] + [1] * (num_blocks - 1)):
+            use_se = ix >= num_blocks - num_se_blocks
+            common = dict(inference_mode=self.inference_mode, use_se=use_se,
+                          num_conv_branches=self.num_conv_branches)
+            blocks.append(MobileOneBlock(self.in_planes, self.in_planes, 3, stride, 1,
+                                         groups=self.in_planes, **common))
+            blocks.append(MobileOneBlock(self.in_planes, planes, 1, 1, 0, groups=1, **common))
+            self.in_planes = planes
+        return nn.Sequential(*blocks)
+
+    def forward_features(self, x):
+        for stage in (self.stage0, self.stage1, self.stage2, self.stage3, self.stage4):
+            x = stage(x)
+        return x
+
+    def forward(self, x):
+        return self.linear(torch.flatten(self.gap(self.forward_features(x)), 1))

@@ -1,0 +1,182 @@
+"""Public MobileOne weights (Apple, timm, mmpretrain) load into our backbone with identical features."""
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mobileone_dense import MobileOne, reparameterize
+from mobileone_dense.converters import (backbone_state_dict, convert_state_dict, detect_source,
+                                        load_weights_strictly)
+
+from apple_reference import AppleMobileOne
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOLERANCE = 1e-5
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def randomized(model, seed=0):
+    """Random weights and BN statistics of a well-conditioned net (activations stay O(1))."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_in = module.weight[0].numel()
+            nn.init.normal_(module.weight, std=0.7 * fan_in ** -0.5)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=0.05)
+        elif isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.normal_(std=0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.3, 0.6)
+            module.bias.data.normal_(std=0.05)
+    model.eval()
+    return model
+
+
+def ours_from(state_dict, arch, deploy, source='auto'):
+    converted = convert_state_dict(state_dict, source=source)
+    backbone = MobileOne(arch, out_indices=(3,), deploy=deploy).eval()
+    load_weights_strictly(backbone, backbone_state_dict(converted))
+    head = nn.Linear(backbone.channels[-1], converted['head.fc.weight'].shape[0])
+    head.load_state_dict({'weight': converted['head.fc.weight'], 'bias': converted['head.fc.bias']})
+    return backbone, head
+
+
+def classify(backbone, head, x):
+    return head(backbone(x)[-1].mean((2, 3)))
+
+
+@pytest.mark.parametrize('arch', ['s0', 's4'])
+@pytest.mark.parametrize('fused', [False, True])
+def test_apple_checkpoints(arch, fused):
+    apple = randomized(AppleMobileOne(arch))
+    x = torch.randn(1, 3, 96, 96)
+    if fused:  # Apple's fused release: build in inference mode and load folded weights
+        ours_unfused, head = ours_from(apple.state_dict(), arch, deploy=False)
+        reparameterize(ours_unfused)
+        apple_fused = AppleMobileOne(arch, inference_mode=True).eval()
+        apple_keys = list(apple_fused.state_dict())
+        assert 'stage1.1.reparam_conv.bias' in apple_keys
+        # our fused weights, renamed to Apple's fused layout, are what Apple's release holds
+        renamed = {}
+        for key, value in ours_unfused.state_dict().items():
+            key = key.replace('stem.', 'stage0.', 1)
+            if key.startswith('stages.'):
+                _, s, rest = key.split('.', 2)
+                key = f'stage{int(s) + 1}.{rest}'
+            renamed[key] = value
+        renamed['linear.weight'], renamed['linear.bias'] = head.weight, head.bias
+        apple_fused.load_state_dict(renamed, strict=True)
+        apple = apple_fused
+    state_dict = apple.state_dict()
+    if arch == 's4' and not fused:
+        assert 'stage3.10.se.reduce.weight' in state_dict
+    assert detect_source(state_dict) == 'apple'
+    backbone, head = ours_from(state_dict, arch, deploy=fused)
+    with torch.no_grad():
+        assert relative_error(backbone(x)[-1], apple.forward_features(x)) <= TOLERANCE
+        assert relative_error(classify(backbone, head, x), apple(x)) <= TOLERANCE
+
+
+def test_apple_layout_keys():
+    keys = AppleMobileOne('s0').state_dict()
+    for key in ['stage0.rbr_conv.0.conv.weight', 'stage0.rbr_conv.0.bn.running_var',
+                'stage0.rbr_scale.conv.weight', 'stage1.1.rbr_skip.weight', 'linear.weight']:
+        assert key in keys
+    converted = convert_state_dict(keys)
+    assert 'backbone.stages.0.1.identity_branch.weight' in converted
+    assert 'head.fc.weight' in converted
+
+
+@pytest.mark.parametrize('arch', ['s0', 's4'])
+@pytest.mark.parametrize('fused', [False, True])
+def test_timm_checkpoints(arch, fused):
+    timm = pytest.importorskip('timm')
+    model = randomized(timm.create_model(f'mobileone_{arch}', pretrained=False))
+    if fused:
+        from timm.utils.model import reparameterize_model
+        model = reparameterize_model(model).eval()
+    state_dict = model.state_dict()
+    assert detect_source(state_dict) in ('timm', 'mobileone_dense')
+    backbone, head = ours_from(state_dict, arch, deploy=fused, source='timm')
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert relative_error(backbone(x)[-1], model.forward_features(x)) <= TOLERANCE
+        assert relative_error(classify(backbone, head, x), model(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize('arch', ['s0', 's4'])
+@pytest.mark.parametrize('fused', [False, True])
+def test_mmpretrain_checkpoints(arch, fused):
+    from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
+    backbone_ref = randomized(MMPretrainMobileOne(arch, out_indices=(3,)))
+    if fused:
+        backbone_ref.switch_to_deploy()
+    # an mmpretrain ImageClassifier checkpoint: backbone.* and head.fc.*
+    state_dict = {f'backbone.{k}': v for k, v in backbone_ref.state_dict().items()}
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        reference = backbone_ref(x)[-1]
+    head_ref = nn.Linear(reference.shape[1], 1000)
+    state_dict.update({'head.fc.weight': head_ref.weight, 'head.fc.bias': head_ref.bias})
+    assert detect_source(state_dict) == 'mmpretrain'
+    backbone, head = ours_from(state_dict, arch, deploy=fused)
+    with torch.no_grad():
+        assert relative_error(backbone(x)[-1], reference) <= TOLERANCE
+        assert relative_error(classify(backbone, head, x), head_ref(reference.mean((2, 3)))) \
+            <= TOLERANCE
+
+
+def test_unmappable_keys_are_listed():
+    state_dict = AppleMobileOne('s0').state_dict()
+    state_dict['stage1.0.mystery.weight'] = torch.zeros(1)
+    state_dict['something_else'] = torch.zeros(1)
+    with pytest.raises(KeyError) as error:
+        convert_state_dict(state_dict)
+    assert 'stage1.0.mystery.weight' in str(error.value) and 'something_else' in str(error.value)
+
+
+def test_convert_cli_output_loads_through_init_cfg(tmp_path):
+    apple = randomized(AppleMobileOne('s1'))
+    src = tmp_path / 'mobileone_s1_unfused.pth.tar'
+    torch.save(apple.state_dict(), src)
+    out = tmp_path / 'converted.pth'
+    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'convert_checkpoint.py'),
+                             str(src), str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'MobileOne-s1' in result.stdout
+    backbone = MobileOne('s1', out_indices=(2, 3), init_cfg=dict(
+        type='Pretrained', checkpoint=str(out), prefix='backbone.'))
+    backbone.init_weights()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(backbone.eval()(x)[-1], apple.forward_features(x)) <= TOLERANCE
+
+
+def test_mismatched_weights_fail_loudly(tmp_path):
+    s1 = MobileOne('s1')
+    path = tmp_path / 's1.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in s1.state_dict().items()}}, path)
+    wrong_arch = MobileOne('s2', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                               prefix='backbone.'))
+    with pytest.raises(ValueError, match='size mismatch for .*another MobileOne variant'):
+        wrong_arch.init_weights()
+    fused_model = MobileOne('s1', deploy=True, init_cfg=dict(type='Pretrained',
+                                                             checkpoint=str(path)))
+    with pytest.raises(ValueError, match='deploy=False'):
+        fused_model.init_weights()
+    fused_path = tmp_path / 's1_fused.pth'
+    torch.save(reparameterize(MobileOne('s1')).state_dict(), fused_path)
+    with pytest.raises(ValueError, match='deploy=True'):
+        MobileOne('s1', init_cfg=dict(type='Pretrained', checkpoint=str(fused_path))).init_weights()
+    s0_path = tmp_path / 's0.pth'
+    torch.save(MobileOne('s0').state_dict(), s0_path)  # k=4 branches vs k=1: key mismatch
+    with pytest.raises(ValueError, match='missing keys|size mismatch'):
+        MobileOne('s1', init_cfg=dict(type='Pretrained', checkpoint=str(s0_path))).init_weights()
