@@ -7,7 +7,7 @@ from ..registry import RUNNERS
 
 @RUNNERS.register_module()
 class Runner(MMEngineRunner):
-    """``mmengine.runner.Runner`` whose ``resume``/``load_checkpoint`` accept mmengine checkpoints.
+    """``mmengine.runner.Runner`` whose checkpoint loading accepts mmengine's own checkpoints.
 
     torch >= 2.6 loads with ``weights_only=True``, which refuses the numpy arrays and
     ``HistoryBuffer`` objects mmengine 0.10.7 pickles in ``message_hub``, so ``--resume`` crashes.
@@ -16,10 +16,7 @@ class Runner(MMEngineRunner):
     Select it with ``runner_type = 'mobileone_dense.Runner'`` (our configs do).
     """
 
-    def resume(self, *args, **kwargs) -> None:
-        with allow_mmengine_checkpoints():
-            return super().resume(*args, **kwargs)
-
     def load_checkpoint(self, *args, **kwargs):
+        """``Runner.load_checkpoint``; ``Runner.resume`` and ``load_from`` both go through it."""
         with allow_mmengine_checkpoints():
             return super().load_checkpoint(*args, **kwargs)
