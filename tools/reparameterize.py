@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         return 1
     out_config = osp.splitext(args.out)[0] + '.py'
     meta = dict(source_checkpoint=osp.abspath(args.checkpoint), weights=args.weights,
-                fusion_error=error)
+                fusion_error=error,
+                dataset_meta=checkpoint.get('meta', {}).get('dataset_meta'))
     atomic_save(deploy_checkpoint(fused, meta), args.out)
     atomic_dump_config(deploy_config(cfg, osp.abspath(args.out)), out_config)
     print(f'fused model verified (max relative difference {error:.2e}); wrote {args.out} and '

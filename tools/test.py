@@ -3,30 +3,21 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
-from mmengine.config import DictAction  # noqa: E402
-
 import mobileone_dense  # noqa: E402,F401
-from mobileone_dense.engine.launch import build_runner, load_config  # noqa: E402
+from mobileone_dense.engine.launch import (add_common_arguments, build_runner,  # noqa: E402
+                                           load_config, parse_common_arguments)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a model')
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file (fused or not, as the config says)')
-    parser.add_argument('--work-dir', help='where logs go (default: ./work_dirs/<config name>)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config entries, e.g. test_dataloader.batch_size=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_arguments(parser)
+    return parse_common_arguments(parser)
 
 
 def main() -> None:

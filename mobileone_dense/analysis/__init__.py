@@ -1,5 +1,6 @@
-from .complexity import PAPER_COMPLEXITY, ComplexityRow, measure_classifier_complexity
+from .complexity import (PAPER_COMPLEXITY, ComplexityRow, measure_classifier_complexity,
+                         params_and_macs)
 from .fusion_check import fusion_error, randomize_batch_norm
 
 __all__ = ['PAPER_COMPLEXITY', 'ComplexityRow', 'fusion_error', 'measure_classifier_complexity',
-           'randomize_batch_norm']
+           'params_and_macs', 'randomize_batch_norm']

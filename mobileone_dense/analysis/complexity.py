@@ -50,13 +50,17 @@ class _Classifier(nn.Module):
 
 
 @torch.no_grad()
-def measure_classifier_complexity(arch: str, input_size: int = 224) -> ComplexityRow:
-    """Fused params and MACs of backbone + GAP + 1000-class linear head at ``input_size``."""
-    model = reparameterize(_Classifier(MobileOne(arch, out_indices=(3,)))).eval()
-    inputs = torch.zeros(1, 3, input_size, input_size)
-    analyzer = FlopAnalyzer(model, inputs)
+def params_and_macs(model: nn.Module, inputs: torch.Tensor) -> Tuple[float, float]:
+    """(parameters, multiply-accumulates) in millions of ``model(inputs)``, fvcore-style."""
+    analyzer = FlopAnalyzer(model.eval(), inputs)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
+    return parameter_count(model)[''] / 1e6, analyzer.total() / 1e6
+
+
+def measure_classifier_complexity(arch: str, input_size: int = 224) -> ComplexityRow:
+    """Fused params and MACs of backbone + GAP + 1000-class linear head at ``input_size``."""
+    model = reparameterize(_Classifier(MobileOne(arch, out_indices=(3,))))
+    params, macs = params_and_macs(model, torch.zeros(1, 3, input_size, input_size))
     paper_params, paper_macs = PAPER_COMPLEXITY[arch]
-    return ComplexityRow(arch, parameter_count(model)[''] / 1e6, analyzer.total() / 1e6,
-                         paper_params, paper_macs)
+    return ComplexityRow(arch, params, macs, paper_params, paper_macs)

@@ -1,11 +1,30 @@
-"""Config loading and runner building shared by tools/train.py and tools/test.py."""
+"""Command-line options, config loading and runner building shared by tools/train.py and test.py."""
+import argparse
+import os
 import os.path as osp
 from typing import Optional
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 from ..registry import RUNNERS
 from .runner import Runner
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--work-dir, --cfg-options, --launcher and --local-rank, as mmdet's tools have them."""
+    parser.add_argument('--work-dir', help='where logs (and checkpoints) go '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config entries, e.g. train_cfg.max_epochs=1')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher (pytorch for torchrun)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_common_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def load_config(path: str, cfg_options: Optional[dict], launcher: str,

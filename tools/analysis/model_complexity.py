@@ -5,8 +5,12 @@ Prints one row per arch: fused parameters and multiply-accumulates of backbone +
 (max |difference| relative to the output's max magnitude, eval mode, randomized BN statistics).
 
     python tools/analysis/model_complexity.py [--archs s0 s1 ...] [--input-size 224]
+    python tools/analysis/model_complexity.py --configs CONFIG [CONFIG ...] [--input-size 320]
+
+With ``--configs``, prints the fused params/MACs of each config's whole model instead.
 """
 import argparse
+import os.path as osp
 import sys
 from typing import List
 
@@ -15,21 +19,37 @@ import torch
 import mobileone_dense  # noqa: F401  (registers the mobileone_dense scope)
 from mobileone_dense.analysis import (PAPER_COMPLEXITY, fusion_error, measure_classifier_complexity,
                                       randomize_batch_norm)
-from mobileone_dense.models import MobileOne
+from mobileone_dense.models import MobileOne, reparameterize
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--archs', nargs='+', default=list(PAPER_COMPLEXITY),
                         choices=list(PAPER_COMPLEXITY), help='archs to check (default: all)')
-    parser.add_argument('--input-size', type=int, default=224, help='square input side (pixels)')
+    parser.add_argument('--configs', nargs='+', help='count these configs\' fused models instead')
+    parser.add_argument('--input-size', type=int, default=None,
+                        help='square input side in pixels (default 224; 320 with --configs)')
     parser.add_argument('--tolerance', type=float, default=1e-5,
                         help='largest accepted relative fused-vs-unfused error')
     return parser.parse_args(argv)
 
 
+def config_table(configs: List[str], input_size: int) -> int:
+    from mobileone_dense.analysis import params_and_macs
+    from mobileone_dense.apis import build_model_from_config
+    print(f'{"config":<40} {"params (M)":>10} {"MACs (G)":>9}   (fused, {input_size}x{input_size})')
+    for config in configs:
+        model = reparameterize(build_model_from_config(config))
+        params, macs = params_and_macs(model, torch.zeros(1, 3, input_size, input_size))
+        print(f'{osp.basename(config):<40} {params:>10.2f} {macs / 1e3:>9.2f}', flush=True)
+    return 0
+
+
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
+    if args.configs:
+        return config_table(args.configs, args.input_size or 320)
+    args.input_size = args.input_size or 224
     torch.manual_seed(0)
     inputs = torch.randn(2, 3, args.input_size, args.input_size)
     calibration = torch.randn(4, 3, args.input_size, args.input_size)

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+from mmengine.dist import is_main_process
 from mmengine.hooks import EMAHook, Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -117,7 +118,7 @@ class ReparameterizeHook(Hook):
                     'ReparameterizeHook: fused vs unfused model on a validation batch: max '
                     f'relative difference {self.last_fusion_error:.2e}'
                     f'{" (EMA weights)" if ema_hook is not None else ""}')
-        if self.save_deploy:
+        if self.save_deploy and is_main_process():  # one writer in distributed runs
             self._save(runner, fused, ema=ema_hook is not None)
 
     @torch.no_grad()
@@ -141,7 +142,8 @@ class ReparameterizeHook(Hook):
             stem = osp.join(runner.work_dir, f'iter_{runner.iter}')
         checkpoint_path = f'{stem}_deploy.pth'
         meta = dict(epoch=runner.epoch, iter=runner.iter, ema=ema,
-                    fusion_error=self.last_fusion_error)
+                    fusion_error=self.last_fusion_error,
+                    dataset_meta=getattr(runner.train_dataloader.dataset, 'metainfo', None))
         atomic_save(deploy_checkpoint(fused, meta), checkpoint_path)
         cfg_name = osp.splitext(osp.basename(runner.cfg.filename or 'config.py'))[0]
         config_path = osp.join(runner.work_dir, f'{cfg_name}_deploy.py')

@@ -1,0 +1,74 @@
+"""Inference helpers: read any image, build a fused model from a config + checkpoint."""
+import os.path as osp
+from typing import Optional, Union
+
+import cv2
+import numpy as np
+import torch.nn as nn
+from mmengine.config import Config
+
+from ..converters import load_checkpoint_file, load_weights_strictly, state_dict_of
+from ..models.reparameterize import reparameterize
+from .model_building import build_model_from_config
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file as BGR uint8 (H, W, 3), whatever its depth and channels.
+
+    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit images are scaled to 8 bits.
+    Raises ``FileNotFoundError``/``ValueError`` naming the file and the problem.
+    """
+    if osp.isdir(path):
+        raise ValueError(f'{path!r} is a directory; give the path of one image file')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'image {path!r} does not exist')
+    image = cv2.imread(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ValueError(f'{path!r} is not a readable image (OpenCV cannot decode it); give a '
+                         'JPEG, PNG, BMP, TIFF or WebP file')
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.shape[2] == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(image)
+
+
+def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
+               device: str = 'cpu', fuse: bool = True) -> nn.Module:
+    """Build the config's model, load ``checkpoint`` strictly (``weights_only``), fuse, eval.
+
+    Works for training checkpoints (EMA weights when present, as mmengine saves them) and for
+    the deploy checkpoints of ``ReparameterizeHook``/``tools/reparameterize.py`` with their
+    deploy config.
+    """
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    model = build_model_from_config(cfg)
+    dataset_meta = None
+    if checkpoint is not None:
+        loaded = load_checkpoint_file(checkpoint, run_checkpoint=True)
+        load_weights_strictly(model, state_dict_of(loaded), source=f'checkpoint {checkpoint!r}')
+        dataset_meta = loaded.get('meta', {}).get('dataset_meta')
+    if dataset_meta is None:
+        dataset_meta = _dataset_meta_from_config(cfg)
+    model.cfg = cfg
+    model.dataset_meta = dataset_meta
+    model.to(device).eval()
+    return reparameterize(model) if fuse else model
+
+
+def _dataset_meta_from_config(cfg: Config) -> dict:
+    """Class names of the config's test dataset (its ``metainfo`` or the dataset class's)."""
+    from mmengine.registry import DATASETS
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset.dataset
+    if dataset.get('metainfo'):
+        return dict(dataset.metainfo)
+    dataset_class = DATASETS.get(dataset.type)
+    return dict(getattr(dataset_class, 'METAINFO', {}))
