@@ -53,8 +53,12 @@ def main(argv=None) -> int:
     summary = draw_prediction(model, image, predict(model, image), out_file, score_thr=0.3)
 
     print('\n[quickstart] done in {:.1f} min'.format((time.time() - start) / 60))
-    print(f'  fused model, val2017 of the generated set: bbox mAP@0.5 = '
-          f'{metrics["coco/bbox_mAP_50"]:.3f}, mAP@[.5:.95] = {metrics["coco/bbox_mAP"]:.3f}')
+    if 'coco/bbox_mAP_50' in metrics:
+        print(f'  fused model, val2017 of the generated set: bbox mAP@0.5 = '
+              f'{metrics["coco/bbox_mAP_50"]:.3f}, mAP@[.5:.95] = {metrics["coco/bbox_mAP"]:.3f}')
+    else:  # CocoMetric returns nothing when no box passes the score threshold
+        print('  fused model, val2017 of the generated set: bbox mAP@0.5 = 0.000 (no detection '
+              'above the score threshold yet: train longer with --iters)')
     print(f'  fused vs unfused outputs (relative): {hook.last_fusion_error:.1e}')
     print(f'  training checkpoint : {osp.join(work_dir, f"iter_{args.iters}.pth")}')
     print(f'  deploy checkpoint   : {hook.deploy_files["checkpoint"]}')
