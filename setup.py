@@ -3,7 +3,6 @@ mmengine's ``mobileone_dense::folder/file.py`` config inheritance finds them."""
 import os
 import os.path as osp
 import shutil
-import sys
 
 from setuptools import find_packages, setup
 
@@ -16,22 +15,20 @@ def ship_configs() -> None:
 
     mmengine looks for ``<package dir>/.mim/configs/<path after ::>`` (and first reads
     ``.mim/model-index.yml``). The path after ``::`` must contain a folder, so our flat
-    ``configs/*.py`` are shipped as ``.mim/configs/configs/``: users write the repo path.
-    Editable installs get a symlink (edits are live), wheels a copy.
+    ``configs/*.py`` are exposed as ``.mim/configs/configs/`` (users write the repo path): a
+    symlink, live in editable installs and followed (copied) when a wheel is built.
     """
-    target_root = osp.join(MIM_DIR, 'configs')
-    if osp.islink(target_root) or osp.isfile(target_root):
-        os.remove(target_root)
-    elif osp.isdir(target_root):
-        shutil.rmtree(target_root)
-    os.makedirs(target_root)
+    os.makedirs(osp.join(MIM_DIR, 'configs'), exist_ok=True)
     with open(osp.join(MIM_DIR, 'model-index.yml'), 'w') as f:
         f.write('Import: []\n')  # no metafiles: mmengine falls back to .mim/configs/<path>
-    target = osp.join(target_root, 'configs')
-    if {'develop', 'editable_wheel'} & set(sys.argv):
-        os.symlink(osp.join('..', '..', '..', 'configs'), target)
-    else:
-        shutil.copytree(osp.join(ROOT, 'configs'), target)
+    link = osp.join(MIM_DIR, 'configs', 'configs')
+    if osp.islink(link) and os.readlink(link) == osp.join('..', '..', '..', 'configs'):
+        return
+    if osp.islink(link) or osp.isfile(link):
+        os.remove(link)
+    elif osp.isdir(link):
+        shutil.rmtree(link)
+    os.symlink(osp.join('..', '..', '..', 'configs'), link)
 
 
 def config_files() -> list:

@@ -67,3 +67,20 @@ def test_shipped_configs_point_at_the_repo_configs():
     assert osp.isfile(shipped)
     repo_configs = osp.join(osp.dirname(osp.dirname(mobileone_dense.__file__)), 'configs')
     assert osp.samefile(shipped, osp.join(repo_configs, '_base_', 'mobileone_dense.py'))
+
+
+def test_wheel_ships_the_configs(tmp_path, repo_root):
+    """A regular (non-editable) install carries configs/ where mmengine looks for them."""
+    import zipfile
+    result = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+                             '--no-build-isolation', repo_root, '-w', str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wheel = next(tmp_path.glob('mobileone_dense-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert 'mobileone_dense/.mim/model-index.yml' in names
+    for config in ['_base_/mobileone_dense.py', '_base_/ssdlite_mobileone_coco.py',
+                   'ssdlite_mobileone_s2_coco.py']:
+        assert f'mobileone_dense/.mim/configs/configs/{config}' in names
+    # building a wheel leaves the editable install's live link in place
+    assert osp.islink(osp.join(repo_root, 'mobileone_dense', '.mim', 'configs', 'configs'))
