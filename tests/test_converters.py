@@ -158,6 +158,15 @@ def test_convert_cli_output_loads_through_init_cfg(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert relative_error(backbone.eval()(x)[-1], apple.forward_features(x)) <= TOLERANCE
+    # the same file initializes the backbone of our S1 detection config, every key loaded
+    from mmengine.config import Config
+    from mobileone_dense.apis import build_model_from_config
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'ssdlite_mobileone_s1_coco.py'))
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(out), prefix='backbone.')
+    detector = build_model_from_config(cfg)
+    detector.init_weights()
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(detector.backbone.state_dict()[key], value), key
 
 
 def test_mismatched_weights_fail_loudly(tmp_path):
