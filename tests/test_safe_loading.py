@@ -19,6 +19,13 @@ from helpers import make_image_folder, tiny_classifier_config
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+class UsesGetattr:
+    """Pickles as a call of the builtin ``getattr`` (what numpy 2 dtypes need)."""
+
+    def __reduce__(self):
+        return getattr, ('ABC', 'upper')
+
+
 @pytest.fixture(scope='module')
 def first_run(tmp_path_factory):
     """Two iterations of the tiny classifier through tools/train.py, checkpoint at iter 2."""
@@ -97,6 +104,12 @@ def test_allowlist_is_not_process_wide(first_run, tmp_path):
     cfg.train_cfg.max_iters = 2
     Runner.from_cfg(cfg).train()
     assert getattr not in torch.serialization.get_safe_globals()
+    gadget = tmp_path / 'getattr.pth'
+    torch.save({'x': UsesGetattr()}, gadget)
+    with pytest.raises(pickle.UnpicklingError, match='getattr'):
+        torch.load(gadget, weights_only=True)
+    with allow_mmengine_checkpoints():  # the scoped allowlist is what lets it through
+        assert torch.load(gadget, weights_only=True)['x']() == 'ABC'
     path = tmp_path / 'numpy.pth'
     torch.save({'array': np.arange(3.0), 'dtype': np.dtype('float64')}, path)
     with pytest.raises(pickle.UnpicklingError):
