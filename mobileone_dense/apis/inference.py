@@ -2,7 +2,7 @@
 import os.path as osp
 from typing import Optional, Union
 
-import cv2
+import mmcv
 import numpy as np
 import torch.nn as nn
 from mmengine.config import Config
@@ -15,28 +15,18 @@ from .model_building import build_model_from_config
 def read_image(path: str) -> np.ndarray:
     """Read an image file as BGR uint8 (H, W, 3), whatever its depth and channels.
 
-    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit images are scaled to 8 bits.
-    Raises ``FileNotFoundError``/``ValueError`` naming the file and the problem.
+    ``mmcv.imread(flag='color')`` already replicates grayscale, drops alpha and reduces 16-bit
+    images to 8 bits; this adds errors that name the file and the problem.
     """
     if osp.isdir(path):
         raise ValueError(f'{path!r} is a directory; give the path of one image file')
     if not osp.isfile(path):
         raise FileNotFoundError(f'image {path!r} does not exist')
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    image = mmcv.imread(path, flag='color')
     if image is None:
         raise ValueError(f'{path!r} is not a readable image (OpenCV cannot decode it); give a '
                          'JPEG, PNG, BMP, TIFF or WebP file')
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.shape[2] == 1:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return np.ascontiguousarray(image)
+    return image
 
 
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
