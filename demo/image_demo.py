@@ -3,7 +3,8 @@
     python demo/image_demo.py IMAGE CONFIG CHECKPOINT --out-file out.png [--score-thr 0.3]
 
 The model is fused (re-parameterized) before inference. Any image size, grayscale, RGBA and
-16-bit images are accepted. Detection configs draw boxes, labels and scores.
+16-bit images are accepted. Detection configs draw boxes, labels and scores; segmentation
+configs a colour overlay with a legend of the classes present (PNG).
 """
 import argparse
 import os.path as osp

@@ -1,6 +1,7 @@
 """MobileOne backbones for dense prediction (mmdet, mmseg) and classification (mmpretrain)."""
 from mmengine.config.utils import MODULE2PACKAGE
 
+from . import datasets  # noqa: F401  (registers our datasets and transforms)
 from .engine import ReparameterizeHook
 from .models import MobileOne, MobileOneBlock, reparameterize
 

@@ -1,14 +1,24 @@
 """Build a model from any mobileone_dense config (detection, segmentation or classification)."""
 from typing import Union
 
+import torch.distributed as dist
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
 
 
 def build_model_from_config(cfg: Union[str, Config]) -> nn.Module:
-    """The config's ``model`` built in its ``default_scope`` (weights not initialized)."""
+    """The config's ``model`` built in its ``default_scope`` (weights not initialized).
+
+    Outside a distributed job, SyncBN layers (mmseg's bases use them) become plain BN, as
+    mmengine's Runner does for single-process runs: SyncBN cannot run without a process group.
+    The state dict keys are the same either way.
+    """
     if isinstance(cfg, str):
         cfg = Config.fromfile(cfg)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    return MODELS.build(cfg.model)
+    model = MODELS.build(cfg.model)
+    if not (dist.is_available() and dist.is_initialized()):
+        model = revert_sync_batchnorm(model)
+    return model

@@ -1,23 +1,33 @@
-"""Task-dispatching prediction and drawing for the demo (detection now; one entry point)."""
+"""Task-dispatching prediction and drawing for the demo: one entry point for every task."""
 import os
 import os.path as osp
-from typing import Any
+from typing import Any, List, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch.nn as nn
 
 
-def _is_detector(model: nn.Module) -> bool:
+def model_task(model: nn.Module) -> str:
+    """'detection' or 'segmentation', from the model's class (mmdet / mmseg base classes)."""
     from mmdet.models.detectors import BaseDetector
-    return isinstance(model, BaseDetector)
+    from mmseg.models.segmentors import BaseSegmentor
+    if isinstance(model, BaseDetector):
+        return 'detection'
+    if isinstance(model, BaseSegmentor):
+        return 'segmentation'
+    raise TypeError(f'no demo for {type(model).__name__} models: the demo handles mmdet '
+                    'detectors and mmseg segmentors')
 
 
 def predict(model: nn.Module, image: np.ndarray) -> Any:
     """Run ``model`` on one BGR uint8 image with its config's test pipeline."""
-    if _is_detector(model):
+    task = model_task(model)
+    if task == 'detection':
         from mmdet.apis import inference_detector
         return inference_detector(model, image)
-    raise TypeError(f'no demo for {type(model).__name__} models yet (detectors are supported)')
+    from mmseg.apis import inference_model
+    return inference_model(model, image)
 
 
 def draw_prediction(model: nn.Module, image: np.ndarray, result: Any, out_file: str,
@@ -25,17 +35,64 @@ def draw_prediction(model: nn.Module, image: np.ndarray, result: Any, out_file: 
     """Draw ``result`` on ``image`` into ``out_file`` (PNG); return a one-line summary."""
     folder = osp.dirname(osp.abspath(out_file))
     os.makedirs(folder, exist_ok=True)
-    if _is_detector(model):
-        from mmdet.visualization import DetLocalVisualizer
-        visualizer = DetLocalVisualizer(name=f'mobileone_dense_demo_{id(result)}')
-        visualizer.dataset_meta = model.dataset_meta
-        visualizer.add_datasample('prediction', image[..., ::-1], result, draw_gt=False,
-                                  pred_score_thr=score_thr, out_file=out_file)
-        instances = result.pred_instances
-        keep = instances.scores >= score_thr
-        classes = model.dataset_meta.get('classes', ())
-        labels = [classes[i] if i < len(classes) else str(i)
-                  for i in instances.labels[keep].tolist()]
-        return (f'{int(keep.sum())} detections with score >= {score_thr}'
-                + (f': {", ".join(sorted(set(labels)))}' if labels else ''))
-    raise TypeError(f'no demo for {type(model).__name__} models yet (detectors are supported)')
+    if model_task(model) == 'detection':
+        return _draw_detections(model, image, result, out_file, score_thr)
+    labels = result.pred_sem_seg.data[0].cpu().numpy()
+    classes = model.dataset_meta.get('classes', ())
+    palette = model.dataset_meta.get('palette') or _default_palette(len(classes))
+    drawing, present = draw_segmentation(image, labels, classes, palette)
+    if not cv2.imwrite(out_file, drawing):
+        raise OSError(f'could not write {out_file!r} (give a .png path in a writable folder)')
+    return f'{len(present)} classes: ' + ', '.join(f'{name} {share:.0%}' for name, share in present)
+
+
+def _draw_detections(model: nn.Module, image: np.ndarray, result: Any, out_file: str,
+                     score_thr: float) -> str:
+    from mmdet.visualization import DetLocalVisualizer
+    visualizer = DetLocalVisualizer(name=f'mobileone_dense_demo_{id(result)}')
+    visualizer.dataset_meta = model.dataset_meta
+    visualizer.add_datasample('prediction', image[..., ::-1], result, draw_gt=False,
+                              pred_score_thr=score_thr, out_file=out_file)
+    instances = result.pred_instances
+    keep = instances.scores >= score_thr
+    classes = model.dataset_meta.get('classes', ())
+    labels = [classes[i] if i < len(classes) else str(i) for i in instances.labels[keep].tolist()]
+    return (f'{int(keep.sum())} detections with score >= {score_thr}'
+            + (f': {", ".join(sorted(set(labels)))}' if labels else ''))
+
+
+def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
+    rng = np.random.default_rng(0)
+    return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(num_classes)]
+
+
+def draw_segmentation(image: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                      palette: Sequence[Sequence[int]], opacity: float = 0.5
+                      ) -> Tuple[np.ndarray, List[Tuple[str, float]]]:
+    """Colour overlay of ``labels`` (H, W class indices) on a BGR ``image``, plus a legend.
+
+    The legend (a panel right of the image) lists the classes present, largest first, with their
+    colour and share of the pixels. ``palette`` is RGB, as in mmseg's dataset metainfo.
+    Returns the BGR drawing and the (class name, share) pairs.
+    """
+    colours = np.array([tuple(c)[::-1] for c in palette], dtype=np.uint8)  # RGB -> BGR
+    valid = labels < len(colours)
+    overlay = image.copy()
+    overlay[valid] = (image[valid] * (1 - opacity) + colours[labels[valid]] * opacity).astype(
+        np.uint8)
+    ids, counts = np.unique(labels[valid], return_counts=True)
+    order = np.argsort(-counts)
+    present = [(classes[i] if i < len(classes) else str(i), c / labels.size)
+               for i, c in zip(ids[order].tolist(), counts[order].tolist())]
+    row, swatch, width = 22, 16, 220
+    legend = np.full((max(image.shape[0], row * (len(present) + 1)), width, 3), 255, np.uint8)
+    for k, ((name, share), i) in enumerate(zip(present, ids[order].tolist())):
+        y = 6 + k * row
+        cv2.rectangle(legend, (8, y), (8 + swatch, y + swatch), colours[i].tolist(), -1)
+        cv2.rectangle(legend, (8, y), (8 + swatch, y + swatch), (0, 0, 0), 1)
+        cv2.putText(legend, f'{name} {share:.0%}', (8 + swatch + 8, y + swatch - 3),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    canvas = np.full((legend.shape[0], image.shape[1] + width, 3), 255, np.uint8)
+    canvas[:image.shape[0], :image.shape[1]] = overlay
+    canvas[:, image.shape[1]:] = legend
+    return canvas, present

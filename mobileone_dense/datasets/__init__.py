@@ -1,3 +1,9 @@
+from .coco_voc import COCOVOCSegDataset, LoadCocoSemanticMask, render_semantic_mask
 from .synthetic import SHAPE_CATEGORIES, make_coco_shapes
+from .synthetic_segmentation import make_ade20k_shapes, make_voc_shapes
+from .synthetic_imagenet import make_imagenet_folder
+from .transforms import ScaledAutoAugment
 
-__all__ = ['SHAPE_CATEGORIES', 'make_coco_shapes']
+__all__ = ['COCOVOCSegDataset', 'LoadCocoSemanticMask', 'SHAPE_CATEGORIES', 'make_ade20k_shapes',
+           'make_coco_shapes', 'make_voc_shapes', 'render_semantic_mask', 'make_imagenet_folder',
+           'ScaledAutoAugment']

@@ -35,7 +35,7 @@ def coco_categories() -> List[dict]:
 SHAPE_COLOURS = {'circle': (40, 40, 210), 'square': (40, 190, 40), 'triangle': (210, 90, 30)}
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A smooth, muted random colour gradient with noise (BGR uint8)."""
     corners = rng.uniform(70, 190, (2, 2, 3)).astype(np.float32)
     corners = 0.4 * corners + 0.6 * corners.mean(axis=2, keepdims=True)
@@ -44,13 +44,16 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(background, 0, 255).astype(np.uint8)
 
 
-def _draw_shape(image: np.ndarray, shape: str, box: Tuple[int, int, int, int],
-                colour: Tuple[int, int, int]) -> List[float]:
-    """Draw a filled shape inside ``box`` (x0, y0, x1, y1); return its polygon (x, y, ...)."""
+def draw_shape(image: np.ndarray, shape: str, box: Tuple[int, int, int, int],
+               colour: Tuple[int, ...], line_type: int = cv2.LINE_AA) -> List[float]:
+    """Draw a filled shape inside ``box`` (x0, y0, x1, y1); return its polygon (x, y, ...).
+
+    ``line_type=cv2.LINE_8`` draws hard edges (for label masks, where blending is wrong).
+    """
     x0, y0, x1, y1 = box
     if shape == 'circle':
         centre, radius = ((x0 + x1) // 2, (y0 + y1) // 2), (x1 - x0) // 2
-        cv2.circle(image, centre, radius, colour, -1, lineType=cv2.LINE_AA)
+        cv2.circle(image, centre, radius, colour, -1, lineType=line_type)
         angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
         points = np.stack([centre[0] + radius * np.cos(angles),
                            centre[1] + radius * np.sin(angles)], 1)
@@ -59,11 +62,11 @@ def _draw_shape(image: np.ndarray, shape: str, box: Tuple[int, int, int, int],
         cv2.rectangle(image, (x0, y0), (x1, y1), colour, -1)
     else:
         points = np.array([[(x0 + x1) / 2, y0], [x1, y1], [x0, y1]], dtype=np.float64)
-        cv2.fillPoly(image, [points.round().astype(np.int32)], colour, lineType=cv2.LINE_AA)
+        cv2.fillPoly(image, [points.round().astype(np.int32)], colour, lineType=line_type)
     return points.reshape(-1).round(1).tolist()
 
 
-def _overlaps(box: Sequence[int], boxes: Sequence[Sequence[int]]) -> bool:
+def overlaps(box: Sequence[int], boxes: Sequence[Sequence[int]]) -> bool:
     return any(not (box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1])
                for b in boxes)
 
@@ -91,7 +94,7 @@ def make_coco_shapes(root: str, num_train: int = 32, num_val: int = 8,
         for index in range(count):
             height = int(image_size[0] * rng.uniform(0.8, 1.25))
             width = int(image_size[1] * rng.uniform(0.8, 1.25))
-            image = _background(rng, height, width)
+            image = background(rng, height, width)
             boxes: List[List[int]] = []
             image_id = len(images) + 1
             for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -100,7 +103,7 @@ def make_coco_shapes(root: str, num_train: int = 32, num_val: int = 8,
                     x0 = int(rng.integers(0, width - side))
                     y0 = int(rng.integers(0, height - side))
                     box = [x0, y0, x0 + side, y0 + side]
-                    if not _overlaps(box, boxes):
+                    if not overlaps(box, boxes):
                         break
                 else:
                     continue
@@ -108,7 +111,7 @@ def make_coco_shapes(root: str, num_train: int = 32, num_val: int = 8,
                 shape = shapes[int(rng.integers(len(shapes)))]
                 colour = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255))
                                for c in SHAPE_COLOURS[shape])
-                polygon = _draw_shape(image, shape, tuple(box), colour)
+                polygon = draw_shape(image, shape, tuple(box), colour)
                 annotations.append(dict(
                     id=annotation_id, image_id=image_id,
                     category_id=SHAPE_CATEGORIES[shape][0],
