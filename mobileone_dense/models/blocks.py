@@ -76,12 +76,15 @@ class MobileOneBlock(nn.Module):
         use_se: squeeze-excite before the activation.
         norm_cfg: mmcv norm config of every branch (BN or SyncBN).
         deploy: build the fused single conv directly (for loading fused weights).
+        identity: whether to add the BN identity branch; None (default): when in == out channels
+            and stride 1.
     """
     __jit_unused_properties__ = ['deploy']
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  dilation: int = 1, groups: int = 1, num_conv_branches: int = 1,
-                 use_se: bool = False, norm_cfg: Optional[dict] = None, deploy: bool = False) -> None:
+                 use_se: bool = False, norm_cfg: Optional[dict] = None, deploy: bool = False,
+                 identity: Optional[bool] = None) -> None:
         super().__init__()
         if num_conv_branches < 1:
             raise ValueError(f'num_conv_branches must be >= 1, got {num_conv_branches}')
@@ -112,7 +115,11 @@ class MobileOneBlock(nn.Module):
             # A 1x1 conv with no padding reads the same pixel as the centre tap of the dilated
             # k x k kernel with padding d*(k-1)/2, so it folds exactly whatever the dilation.
             self.scale_branch = ConvNorm(in_channels, out_channels, 1, stride, 0, 1, groups, norm_cfg)
-        if in_channels == out_channels and stride == 1:
+        if identity is None:
+            identity = in_channels == out_channels and stride == 1
+        elif identity and not (in_channels == out_channels and stride == 1):
+            raise ValueError('an identity branch needs in_channels == out_channels and stride 1')
+        if identity:
             self.identity_branch = build_norm_layer(norm_cfg, out_channels)[1]
 
     @property

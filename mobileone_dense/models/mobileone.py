@@ -133,8 +133,12 @@ class MobileOne(BaseModule):
                 stride = self.strides[i] if j == 0 else 1
                 common = dict(num_conv_branches=self.arch['num_conv_branches'], use_se=use_se,
                               norm_cfg=self.norm_cfg, deploy=deploy)
+                # A stage's first block downsamples in the reference architecture, so it has no
+                # identity branch; with its stride traded for dilation (output stride 8 or 16)
+                # it keeps the same branches: ImageNet weights load and keep their function.
                 blocks.append(MobileOneBlock(channels, channels, 3, stride=stride,
-                                             dilation=self.dilations[i], groups=channels, **common))
+                                             dilation=self.dilations[i], groups=channels,
+                                             identity=False if j == 0 else None, **common))
                 blocks.append(MobileOneBlock(channels, out_channels, 1, **common))
                 channels = out_channels
             self.stages.append(nn.Sequential(*blocks))
