@@ -15,23 +15,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 import mobileone_dense  # noqa: E402,F401
 from mobileone_dense.converters import (SOURCES, backbone_state_dict,  # noqa: E402
                                         convert_state_dict, detect_source, is_fused,
-                                        load_checkpoint_file, load_weights_strictly,
-                                        state_dict_of)
+                                        load_checkpoint_file, recognise_arch, state_dict_of)
 from mobileone_dense.engine.deploy import atomic_save  # noqa: E402
-from mobileone_dense.models import ARCH_SETTINGS, MobileOne  # noqa: E402
-
-
-def recognise_arch(backbone_weights: dict) -> str:
-    """The MobileOne arch whose backbone loads these weights with no mismatch."""
-    fused = is_fused(backbone_weights)
-    for arch in ARCH_SETTINGS:
-        try:
-            load_weights_strictly(MobileOne(arch, deploy=fused), backbone_weights)
-            return arch
-        except ValueError:
-            continue
-    raise ValueError('the converted weights fit none of the MobileOne archs '
-                     f'{list(ARCH_SETTINGS)} (fused={fused})')
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,8 @@ from mmengine.config import Config  # noqa: E402
 
 from mobileone_dense import reparameterize  # noqa: E402
 from mobileone_dense.apis import build_model_from_config  # noqa: E402
-from mobileone_dense.converters import load_checkpoint_file, load_weights_strictly  # noqa: E402
+from mobileone_dense.converters import (load_checkpoint_file, load_weights_strictly,  # noqa: E402
+                                        training_weights)
 from mobileone_dense.engine.deploy import (atomic_dump_config, atomic_save,  # noqa: E402
                                            deploy_checkpoint, deploy_config,
                                            max_relative_difference, output_tensors)
@@ -41,25 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def select_weights(checkpoint: dict, weights: str) -> dict:
-    """The state dict to fuse: mmengine's EMAHook saves the averaged weights as ``state_dict``
-    and the raw training weights as ``ema_state_dict`` entries prefixed ``module.``."""
-    if 'state_dict' not in checkpoint:
-        return checkpoint
-    if weights == 'raw' and 'ema_state_dict' in checkpoint:
-        return {k[len('module.'):]: v for k, v in checkpoint['ema_state_dict'].items()
-                if k.startswith('module.')}
-    if weights == 'ema' and 'ema_state_dict' not in checkpoint:
-        print('note: the checkpoint has no EMA weights; fusing its state_dict')
-    return checkpoint['state_dict']
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     model = build_model_from_config(cfg)
     checkpoint = load_checkpoint_file(args.checkpoint, run_checkpoint=True)
-    load_weights_strictly(model, select_weights(checkpoint, args.weights),
+    if args.weights == 'ema' and 'ema_state_dict' not in checkpoint:
+        print('note: the checkpoint has no EMA weights; fusing its state_dict')
+    load_weights_strictly(model, training_weights(checkpoint, args.weights),
                           source=f'checkpoint {args.checkpoint!r}')
     model.eval()
     fused = reparameterize(copy.deepcopy(model)).eval()

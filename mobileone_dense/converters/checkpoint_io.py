@@ -73,3 +73,18 @@ def state_dict_of(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if key in checkpoint and isinstance(checkpoint[key], dict):
             return checkpoint[key]
     return checkpoint
+
+
+def training_weights(checkpoint: Dict[str, Any], weights: str = 'ema') -> Dict[str, torch.Tensor]:
+    """The model weights of a training checkpoint: EMA-averaged (``ema``) or raw (``raw``).
+
+    mmengine's ``EMAHook`` saves the averaged weights as ``state_dict`` and the raw ones as
+    ``ema_state_dict`` entries prefixed ``module.``. Without EMA (or for a plain state dict) there
+    is one set of weights, returned for both.
+    """
+    if weights not in ('ema', 'raw'):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if weights == 'raw' and 'ema_state_dict' in checkpoint:
+        return {k[len('module.'):]: v for k, v in checkpoint['ema_state_dict'].items()
+                if k.startswith('module.')}
+    return state_dict_of(checkpoint)

@@ -58,3 +58,17 @@ def load_pretrained_backbone(backbone: nn.Module, checkpoint: str,
         raise ValueError(f'{checkpoint!r} holds no MobileOne backbone weights'
                          f'{" under prefix " + repr(prefix) if prefix else ""}')
     load_weights_strictly(backbone, weights, source=f'checkpoint {checkpoint!r}')
+
+
+def recognise_arch(backbone_weights: Dict[str, torch.Tensor]) -> str:
+    """The MobileOne arch whose backbone loads these (``backbone.``-less) weights exactly."""
+    from ..models import ARCH_SETTINGS, MobileOne
+    fused = is_fused(backbone_weights)
+    for arch in ARCH_SETTINGS:
+        try:
+            load_weights_strictly(MobileOne(arch, deploy=fused), backbone_weights)
+            return arch
+        except ValueError:
+            continue
+    raise ValueError('the converted weights fit none of the MobileOne archs '
+                     f'{list(ARCH_SETTINGS)} (fused={fused})')

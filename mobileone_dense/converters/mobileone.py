@@ -6,7 +6,7 @@ Our layout: ``backbone.stem.*``, ``backbone.stages.<s>.<i>.*`` (dw at even, pw a
 All three sources share the block order, so conversion is a renaming of keys.
 """
 import re
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 

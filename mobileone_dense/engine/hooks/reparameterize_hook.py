@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 from mmengine.dist import is_main_process
 from mmengine.hooks import EMAHook, Hook
-from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from ...models.blocks import MobileOneBlock

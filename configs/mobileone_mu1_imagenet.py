@@ -1,0 +1,7 @@
+_base_ = ['./_base_/mobileone_imagenet.py']
+
+# MobileOne-mu1 on ImageNet-1k; its last stage has 512 channels.
+# Random resized crop and flip, progressive resolution: the paper gives no recipe for the
+# micro variants (Table 13); we train them as the small S0/S1.
+arch = 'mu1'
+model = dict(backbone=dict(arch=arch), head=dict(in_channels=512))

@@ -1,0 +1,6 @@
+_base_ = ['./_base_/mobileone_imagenet.py']
+
+# MobileOne-S0 on ImageNet-1k; its last stage has 1024 channels.
+# Random resized crop and flip, progressive resolution (paper: S0, S1).
+arch = 's0'
+model = dict(backbone=dict(arch=arch), head=dict(in_channels=1024))
