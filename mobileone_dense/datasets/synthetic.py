@@ -2,7 +2,7 @@
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -71,6 +71,29 @@ def overlaps(box: Sequence[int], boxes: Sequence[Sequence[int]]) -> bool:
                for b in boxes)
 
 
+def random_shapes(rng: np.random.Generator, height: int, width: int, shapes: Sequence[str],
+                  max_objects: int, side_range: Tuple[float, float]
+                  ) -> Iterator[Tuple[str, Tuple[int, int, int, int], Tuple[int, int, int]]]:
+    """1 to ``max_objects`` non-overlapping square boxes of an image, each with a shape and its
+    class colour (jittered): ``(shape, (x0, y0, x1, y1), BGR colour)``; sides are
+    ``side_range`` fractions of the image's shorter side."""
+    boxes: List[Sequence[int]] = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(20):
+            side = int(rng.uniform(*side_range) * min(height, width))
+            x0 = int(rng.integers(0, width - side))
+            y0 = int(rng.integers(0, height - side))
+            box = (x0, y0, x0 + side, y0 + side)
+            if not overlaps(box, boxes):
+                break
+        else:
+            continue
+        boxes.append(box)
+        shape = shapes[int(rng.integers(len(shapes)))]
+        colour = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255)) for c in SHAPE_COLOURS[shape])
+        yield shape, box, colour
+
+
 def make_coco_shapes(root: str, num_train: int = 32, num_val: int = 8,
                      image_size: Tuple[int, int] = (320, 320), max_objects: int = 3,
                      seed: int = 0) -> Dict[str, str]:
@@ -85,7 +108,6 @@ def make_coco_shapes(root: str, num_train: int = 32, num_val: int = 8,
     categories = coco_categories()
     by_id = {c['id']: c['name'] for c in categories}
     assert all(by_id[i] == name for i, name in SHAPE_CATEGORIES.values())
-    shapes = list(SHAPE_CATEGORIES)
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
     paths, annotation_id = {}, 1
     for split, count in (('train2017', num_train), ('val2017', num_val)):
@@ -95,23 +117,11 @@ def make_coco_shapes(root: str, num_train: int = 32, num_val: int = 8,
             height = int(image_size[0] * rng.uniform(0.8, 1.25))
             width = int(image_size[1] * rng.uniform(0.8, 1.25))
             image = background(rng, height, width)
-            boxes: List[List[int]] = []
             image_id = len(images) + 1
-            for _ in range(int(rng.integers(1, max_objects + 1))):
-                for _attempt in range(20):
-                    side = int(rng.uniform(0.2, 0.45) * min(height, width))
-                    x0 = int(rng.integers(0, width - side))
-                    y0 = int(rng.integers(0, height - side))
-                    box = [x0, y0, x0 + side, y0 + side]
-                    if not overlaps(box, boxes):
-                        break
-                else:
-                    continue
-                boxes.append(box)
-                shape = shapes[int(rng.integers(len(shapes)))]
-                colour = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255))
-                               for c in SHAPE_COLOURS[shape])
-                polygon = draw_shape(image, shape, tuple(box), colour)
+            for shape, box, colour in random_shapes(rng, height, width, list(SHAPE_CATEGORIES),
+                                                    max_objects, (0.2, 0.45)):
+                polygon = draw_shape(image, shape, box, colour)
+                side = box[2] - box[0]
                 annotations.append(dict(
                     id=annotation_id, image_id=image_id,
                     category_id=SHAPE_CATEGORIES[shape][0],

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .synthetic import SHAPE_COLOURS, background, draw_shape, overlaps
+from .synthetic import background, draw_shape, random_shapes
 
 # Each shape stands in for a class of the real label set, so the real configs run unchanged.
 VOC_SHAPE_CLASSES = {'circle': 'cat', 'square': 'tvmonitor', 'triangle': 'aeroplane'}
@@ -25,23 +25,10 @@ def shape_scene(rng: np.random.Generator, height: int, width: int, labels: Dict[
     """One BGR uint8 image (height, width, 3) and its uint8 label mask (height, width)."""
     image = background(rng, height, width)
     mask = np.full((height, width), background_label, dtype=np.uint8)
-    boxes: List[List[int]] = []
-    shapes = list(labels)
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        for _attempt in range(20):
-            side = int(rng.uniform(0.25, 0.5) * min(height, width))
-            x0 = int(rng.integers(0, width - side))
-            y0 = int(rng.integers(0, height - side))
-            box = [x0, y0, x0 + side, y0 + side]
-            if not overlaps(box, boxes):
-                break
-        else:
-            continue
-        boxes.append(box)
-        shape = shapes[int(rng.integers(len(shapes)))]
-        colour = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255)) for c in SHAPE_COLOURS[shape])
-        draw_shape(image, shape, tuple(box), colour)
-        draw_shape(mask, shape, tuple(box), (labels[shape],), line_type=cv2.LINE_8)
+    for shape, box, colour in random_shapes(rng, height, width, list(labels), max_objects,
+                                            (0.25, 0.5)):
+        draw_shape(image, shape, box, colour)
+        draw_shape(mask, shape, box, (labels[shape],), line_type=cv2.LINE_8)
     return image, mask
 
 
