@@ -72,7 +72,9 @@ def draw_segmentation(image: np.ndarray, labels: np.ndarray, classes: Sequence[s
     """Colour overlay of ``labels`` (H, W class indices) on a BGR ``image``, plus a legend.
 
     The legend (a panel right of the image) lists the classes present, largest first, with their
-    colour and share of the pixels. ``palette`` is RGB, as in mmseg's dataset metainfo.
+    colour and share of the pixels. ``palette`` is RGB, as in mmseg's dataset metainfo. (mmseg's
+    ``SegLocalVisualizer`` writes class names onto the regions instead, unreadable on small ones,
+    and has no legend.)
     Returns the BGR drawing and the (class name, share) pairs.
     """
     colours = np.array([tuple(c)[::-1] for c in palette], dtype=np.uint8)  # RGB -> BGR
