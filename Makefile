@@ -1,7 +1,7 @@
 # Fresh checkout: `make demo` (main job) and `make test` (whole suite); each sets up .venv/ first.
 PYTHON := .venv/bin/python
 
-.PHONY: setup demo selfcheck test
+.PHONY: setup demo selfcheck test benchmark
 setup:
 	bash tools/setup_env.sh
 
@@ -13,3 +13,9 @@ selfcheck: setup
 
 test: setup
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+# The README's "Performance" numbers: classifiers S0-S4 (table + plot), SSDLite and DeepLabV3 S0.
+benchmark: setup
+	$(PYTHON) tools/benchmark.py --task cls --arch s0 s1 s2 s3 s4 --compare-settings --onnx --out-dir work_dirs/benchmark/cls
+	$(PYTHON) tools/benchmark.py --task det --arch s0 --onnx --out-dir work_dirs/benchmark/det
+	$(PYTHON) tools/benchmark.py --task seg --arch s0 --onnx --warmup 2 --repeats 10 --out-dir work_dirs/benchmark/seg

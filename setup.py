@@ -51,6 +51,6 @@ setup(
     python_requires='>=3.9',
     install_requires=['torch', 'mmengine>=0.10.0', 'mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0',
                       'mmsegmentation>=1.0.0', 'mmpretrain>=1.0.0', 'pycocotools', 'opencv-python'],
-    extras_require={'deploy': ['onnx', 'onnxruntime'], 'tests': ['pytest', 'timm']},
+    extras_require={'deploy': ['onnx', 'onnxruntime', 'onnxscript'], 'tests': ['pytest', 'timm']},
     zip_safe=False,
 )

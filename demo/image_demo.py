@@ -14,6 +14,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 import mobileone_dense  # noqa: E402,F401
 from mobileone_dense.apis.inference import init_model, read_image  # noqa: E402
 from mobileone_dense.apis.visualization import draw_prediction, predict  # noqa: E402
+from mobileone_dense.errors import InputError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,10 +32,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         image = read_image(args.image)
-    except (FileNotFoundError, ValueError) as error:
+        # a truncated/mismatched checkpoint or a config typo: one line that says what to fix
+        model = init_model(args.config, args.checkpoint, device=args.device)
+    except (FileNotFoundError, ValueError, InputError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    model = init_model(args.config, args.checkpoint, device=args.device)
     result = predict(model, image)
     summary = draw_prediction(model, image, result, args.out_file, score_thr=args.score_thr)
     print(f'{summary}; saved {args.out_file}')

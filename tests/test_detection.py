@@ -110,7 +110,7 @@ def test_user_config_inherits_our_s2_config(tmp_path):
     result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "12 ['NumClassCheckHook', 'CheckInvalidLossHook', 'ReparameterizeHook']" in \
+    assert "12 ['NumClassCheckHook', 'FiniteLossHook', 'ReparameterizeHook']" in \
         result.stdout
 
 

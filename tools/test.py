@@ -8,6 +8,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mobileone_dense  # noqa: E402,F401
+from mobileone_dense.errors import InputError  # noqa: E402
 from mobileone_dense.engine.launch import (add_common_arguments, build_runner,  # noqa: E402
                                            load_config, parse_common_arguments)
 
@@ -27,9 +28,12 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, mode='test')  # checks data and checkpoint first
     runner.test()
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except InputError as error:  # bad data/checkpoint/config: the message says what to fix
+        sys.exit(f'error: {error}')

@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mobileone_dense  # noqa: E402,F401  (registers our scope and `mobileone_dense::` configs)
+from mobileone_dense.errors import InputError  # noqa: E402
 from mobileone_dense.engine.launch import (add_common_arguments, build_runner,  # noqa: E402
                                            load_config, parse_common_arguments)
 
@@ -41,9 +42,12 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, mode='train')  # checks data and checkpoint first
     runner.train()
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except InputError as error:  # bad data/checkpoint/config: the message says what to fix
+        sys.exit(f'error: {error}')

@@ -51,6 +51,8 @@ default_hooks = dict(
     visualization=dict(type='mmseg.SegVisualizationHook'))
 
 custom_hooks = [
+    # stop at the first NaN/inf loss term, before EMA/CheckpointHook see the broken weights
+    dict(type='mobileone_dense.FiniteLossHook'),
     # EMA of the weights, momentum 5e-4 (mmengine: ema = (1 - m) * ema + m * weights).
     dict(type='EMAHook', momentum=5e-4),
     # Validation mIoU is the fused (deploy) EMA model's; deploy checkpoint + config at the end.

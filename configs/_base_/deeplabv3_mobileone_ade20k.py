@@ -10,13 +10,22 @@ model = dict(decode_head=dict(num_classes=150))
 # Random resize, random 512x512 crop and horizontal flip only (no PhotoMetricDistortion).
 crop_size = (512, 512)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='mmseg.LoadAnnotations', reduce_zero_label=True),
+    dict(type='mobileone_dense.LoadImageFromFile'),
+    dict(type='mobileone_dense.LoadSegAnnotations', reduce_zero_label=True),
     dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='mmseg.RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='mmseg.PackSegInputs'),
 ]
+# Validation reads with the same checking loaders. The test loader and `test_pipeline` stay
+# mmseg's: mmseg's inference APIs find 'LoadImageFromFile'/'LoadAnnotations' there by name.
+val_pipeline = [
+    dict(type='mobileone_dense.LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+    dict(type='mobileone_dense.LoadSegAnnotations', reduce_zero_label=True),
+    dict(type='mmseg.PackSegInputs'),
+]
+val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 
 # 50 epochs as iterations: ceil(20210 images / 128 per step) = 158 iterations per epoch.
 num_train_images = 20210

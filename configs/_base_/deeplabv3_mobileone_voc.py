@@ -10,16 +10,27 @@ model = dict(decode_head=dict(num_classes=21))
 # The paper's augmentation: random resize, random 512x512 crop and horizontal flip only (mmseg's
 # base adds PhotoMetricDistortion, removed here). mmseg's own transforms carry their scope, so
 # that configs inheriting this one through `mobileone_dense::` (built in that scope) get them
-# and not mmcv's same-named ones; the unscoped ones are mmcv's (the root registry).
+# and not mmcv's same-named ones; the unscoped ones are mmcv's (the root registry). Loading is
+# ours: errors that name a corrupt image or a mask with labels outside the classes
+# (LoadSegAnnotations gets num_classes from model.decode_head in tools/train.py and test.py).
 crop_size = (512, 512)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='mmseg.LoadAnnotations'),
+    dict(type='mobileone_dense.LoadImageFromFile'),
+    dict(type='mobileone_dense.LoadSegAnnotations'),
     dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='mmseg.RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='mmseg.PackSegInputs'),
 ]
+# Validation reads with the same checking loaders. The test loader and `test_pipeline` stay
+# mmseg's: mmseg's inference APIs find 'LoadImageFromFile'/'LoadAnnotations' there by name.
+val_pipeline = [
+    dict(type='mobileone_dense.LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+    dict(type='mobileone_dense.LoadSegAnnotations'),
+    dict(type='mmseg.PackSegInputs'),
+]
+val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 data_root = 'data/VOCdevkit/VOC2012'
 voc_train = dict(
     type='mmseg.PascalVOCDataset', data_root=data_root,

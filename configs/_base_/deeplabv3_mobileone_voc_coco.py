@@ -11,7 +11,7 @@ coco_train = dict(
     ann_file='annotations/instances_train2017.json',
     data_prefix=dict(img_path='train2017'),
     pipeline=[
-        dict(type='LoadImageFromFile'),
+        dict(type='mobileone_dense.LoadImageFromFile'),
         dict(type='mobileone_dense.LoadCocoSemanticMask'),  # in place of LoadAnnotations
         *_base_.train_pipeline[2:],
     ])

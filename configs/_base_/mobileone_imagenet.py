@@ -38,7 +38,7 @@ curriculum = [(0, 160, 0.3), (39, 192, 0.6), (114, 224, 1.0)]
 def train_pipeline_at(size, strength):
     # `strength` is unused without AutoAugment (the paper's S0/S1 use plain augmentation)
     return [
-        dict(type='mmpretrain.LoadImageFromFile'),
+        dict(type='mobileone_dense.LoadImageFromFile'),  # errors name corrupt images
         dict(type='mmpretrain.RandomResizedCrop', scale=size, backend='pillow'),
         dict(type='mmpretrain.RandomFlip', prob=0.5, direction='horizontal'),
         dict(type='mmpretrain.PackInputs'),
@@ -47,6 +47,15 @@ def train_pipeline_at(size, strength):
 
 train_pipeline = train_pipeline_at(*curriculum[0][1:])
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))  # 32 per GPU x 8 GPUs = 256
+# validation: the base's evaluation pipeline with our image loader (the test loader keeps mmcv's:
+# mmpretrain's inferencer removes 'LoadImageFromFile' from test_dataloader's pipeline by name)
+val_pipeline = [
+    dict(type='mobileone_dense.LoadImageFromFile'),
+    dict(type='mmpretrain.ResizeEdge', scale=256, edge='short', backend='pillow'),
+    dict(type='mmpretrain.CenterCrop', crop_size=224),
+    dict(type='mmpretrain.PackInputs'),
+]
+val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 
 # SGD, lr 0.1, momentum 0.9, weight decay 1e-4 (the base). The paper is silent on decay of BN
 # parameters and on warm-up: as mmpretrain's MobileOne configs, no decay on BN (norm_decay_mult=0)
@@ -77,6 +86,9 @@ custom_hooks = [
             dict(action_epoch=first + 1, train_pipeline=train_pipeline_at(size, strength))
             for first, size, strength in curriculum[1:]
         ]),
+    # stop at the first NaN/inf loss term, before EMA/CheckpointHook see the broken weights
+    # (after SwitchRecipeHook: mobileone_imagenet_autoaug.py replaces the first hook)
+    dict(type='mobileone_dense.FiniteLossHook'),
     # EMA with decay 0.9995, as mmpretrain's MobileOne configs (averages BN statistics too)
     dict(type='EMAHook', momentum=5e-4, priority='ABOVE_NORMAL', update_buffers=True),
     # validation top-1 is the fused (re-parameterized) EMA model's; deploy files at the end

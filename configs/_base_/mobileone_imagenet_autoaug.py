@@ -11,7 +11,7 @@ autoaugment_hparams = dict(
 
 def train_pipeline_at(size, strength):
     return [
-        dict(type='mmpretrain.LoadImageFromFile'),
+        dict(type='mobileone_dense.LoadImageFromFile'),  # errors name corrupt images
         dict(type='mmpretrain.RandomResizedCrop', scale=size, backend='pillow'),
         dict(type='mmpretrain.RandomFlip', prob=0.5, direction='horizontal'),
         # each op's magnitude level (0-9) x strength; see mobileone_dense/datasets/transforms.py
@@ -30,5 +30,5 @@ custom_hooks = [
             dict(action_epoch=first + 1, train_pipeline=train_pipeline_at(size, strength))
             for first, size, strength in curriculum[1:]
         ]),
-    *_base_.custom_hooks[1:],  # EMAHook, ReparameterizeHook
+    *_base_.custom_hooks[1:],  # FiniteLossHook, EMAHook, ReparameterizeHook
 ]

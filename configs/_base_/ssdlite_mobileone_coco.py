@@ -23,6 +23,16 @@ model = dict(
         type='mobileone_dense.SSDHead',
         in_channels=channels + (512, 256, 256, 128)))
 
+# Training and validation read images with our loader (same arguments): a corrupt or truncated
+# image raises an error naming the file (or, with skip_corrupt=True, is skipped with a warning)
+# instead of mmcv's bare assertion. The test loader keeps mmcv's: mmdet's inferencers look for
+# 'LoadImageFromFile' in test_dataloader's pipeline by name.
+train_pipeline = [dict(_base_.train_pipeline[0], type='mobileone_dense.LoadImageFromFile'),
+                  *_base_.train_pipeline[1:]]
+val_pipeline = [dict(_base_.test_pipeline[0], type='mobileone_dense.LoadImageFromFile'),
+                *_base_.test_pipeline[1:]]
+val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
+
 # 200 real passes over train2017 (the base repeats the dataset 5x: dropped).
 train_dataloader = dict(
     batch_size=24,  # x 8 GPUs = 192, the paper's effective batch
@@ -34,7 +44,7 @@ train_dataloader = dict(
         ann_file='annotations/instances_train2017.json',
         data_prefix=dict(img='train2017/'),
         filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        pipeline=_base_.train_pipeline))
+        pipeline=train_pipeline))
 
 max_epochs = 200
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)
@@ -49,7 +59,9 @@ auto_scale_lr = dict(base_batch_size=192)
 
 custom_hooks = [
     dict(type='mmdet.NumClassCheckHook'),
-    dict(type='mmdet.CheckInvalidLossHook', interval=50, priority='VERY_LOW'),
+    # stop at the first NaN/inf loss term, before EMA/CheckpointHook see the broken weights
+    # (replaces mmdet's CheckInvalidLossHook: every 50 iterations, after the checkpoint)
+    dict(type='mobileone_dense.FiniteLossHook'),
     # validation mAP is the fused (deploy) model's; deploy checkpoint + config at the end
     dict(type='mobileone_dense.ReparameterizeHook'),
 ]

@@ -8,6 +8,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from ..converters import load_checkpoint_file, load_weights_strictly, state_dict_of
+from ..engine.deploy import fuse_to_load
 from ..models.reparameterize import reparameterize
 from .model_building import build_model_from_config
 
@@ -42,6 +43,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     dataset_meta = None
     if checkpoint is not None:
         loaded = load_checkpoint_file(checkpoint, run_checkpoint=True)
+        fuse_to_load(model, loaded)  # deploy checkpoints: the neck/head BN are folded too
         load_weights_strictly(model, state_dict_of(loaded), source=f'checkpoint {checkpoint!r}')
         dataset_meta = loaded.get('meta', {}).get('dataset_meta')
     if dataset_meta is None:
@@ -60,5 +62,7 @@ def _dataset_meta_from_config(cfg: Config) -> dict:
         dataset = dataset.dataset
     if dataset.get('metainfo'):
         return dict(dataset.metainfo)
-    dataset_class = DATASETS.get(dataset.type)
+    # in the config's scope: the root registry alone does not find e.g. mmseg's datasets
+    with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
+        dataset_class = registry.get(dataset.type)
     return dict(getattr(dataset_class, 'METAINFO', {}))

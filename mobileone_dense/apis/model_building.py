@@ -18,7 +18,14 @@ def build_model_from_config(cfg: Union[str, Config]) -> nn.Module:
     if isinstance(cfg, str):
         cfg = Config.fromfile(cfg)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
-    model = MODELS.build(cfg.model)
+    try:
+        model = MODELS.build(cfg.model)
+    except KeyError as error:  # a type= typo: name it and the closest registered names
+        from ..engine.checks import explain_registry_error
+        explained = explain_registry_error(error)
+        if explained is None:
+            raise
+        raise explained from None
     if not (dist.is_available() and dist.is_initialized()):
         model = revert_sync_batchnorm(model)
     return model

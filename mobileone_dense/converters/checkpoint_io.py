@@ -6,6 +6,8 @@ from typing import Any, Dict, Iterator
 
 import torch
 
+from ..errors import CheckpointError, MissingDataError
+
 
 def mmengine_checkpoint_globals() -> list:
     """The non-tensor globals an mmengine training checkpoint pickles (its ``message_hub``).
@@ -30,8 +32,12 @@ def allow_mmengine_checkpoints() -> Iterator[None]:
 
     Scoped on purpose (torch's ``safe_globals`` context): outside it, ``getattr`` and numpy objects
     stay refused for every other ``torch.load`` in the process. ``weights_only`` stays on.
+    Re-entrant: torch's context removes its globals on exit even when an outer context added
+    them too, so only the globals not allowed yet are added here.
     """
-    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals(
+            [g for g in mmengine_checkpoint_globals() if g not in allowed]):
         yield
 
 
@@ -44,13 +50,14 @@ def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, A
             (message hub with numpy history); use it only for checkpoints of your own runs.
     """
     if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+        raise MissingDataError(f'checkpoint {path!r} does not exist: check the path (relative '
+                               'paths start from the current directory)')
     context = allow_mmengine_checkpoints() if run_checkpoint else contextlib.nullcontext()
     try:
         with context:
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
-        raise RuntimeError(
+        raise CheckpointError(
             f'refusing to load {path!r}: it contains pickled Python objects that weights_only '
             'loading does not allow, and unpickling arbitrary objects can run code. If you trust '
             'the file, re-save only its tensors once, e.g. `sd = torch.load(path, '
@@ -58,12 +65,15 @@ def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, A
             f'Details: {str(error).splitlines()[0]}') from error
     except (RuntimeError, EOFError) as error:
         if 'zip' in str(error).lower() or isinstance(error, EOFError) or 'magic' in str(error):
-            raise RuntimeError(f'checkpoint {path!r} is truncated or not a torch checkpoint '
-                               f'({error}); re-download or re-save it') from error
+            # `from None`: torch's own traceback adds nothing to this message
+            raise CheckpointError(f'checkpoint {path!r} is truncated or corrupt (or not a torch '
+                                  f'checkpoint): {str(error).splitlines()[0]}; re-download it, '
+                                  'or re-save it from the run that wrote it') from None
         raise
     if not isinstance(checkpoint, dict):
-        raise TypeError(f'checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of '
-                        'tensors (state dict) or a dict with a "state_dict" entry')
+        raise CheckpointError(f'checkpoint {path!r} holds a {type(checkpoint).__name__}, not a '
+                              'dict of tensors (state dict) or a dict with a "state_dict" entry; '
+                              'save the weights as `torch.save(model.state_dict(), path)`')
     return checkpoint
 
 

@@ -1,41 +1,86 @@
 """Strict loading of weights into a MobileOne backbone, with errors that say what to change."""
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
+from ..errors import WeightsMismatchError
 from .checkpoint_io import load_checkpoint_file, state_dict_of
 from .mobileone import backbone_state_dict, convert_state_dict, is_fused
+
+
+def _short_list(keys: List[str], limit: int = 8) -> str:
+    """``n [k1, k2, ...]``: long key lists would bury the message."""
+    more = f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''
+    return f'{len(keys)} [{", ".join(keys[:limit])}{more}]'
+
+
+HEAD_TASKS = {'bbox_head': 'detector', 'decode_head': 'segmentor', 'head': 'classifier'}
+
+
+def describe_weights(state_dict: Dict[str, torch.Tensor]) -> str:
+    """What a whole-model state dict looks like, e.g. ``'a detector (bbox_head) with a
+    MobileOne-s1 backbone'``; ``''`` when it cannot tell. Builds each arch once: error paths only."""
+    head = next((h for h in HEAD_TASKS if any(k.startswith(h + '.') for k in state_dict)), None)
+    what = f'a {HEAD_TASKS[head]} ({head})' if head else 'weights'
+    backbone = backbone_state_dict(state_dict) or state_dict
+    try:
+        arch = recognise_arch(backbone)
+    except ValueError:
+        return what if head else ''
+    return f'{what} with a MobileOne-{arch}{" fused" if is_fused(backbone) else ""} backbone'
+
+
+def check_weights_match(model: nn.Module, state_dict: Dict[str, torch.Tensor],
+                        source: str = 'checkpoint', describe: bool = True) -> None:
+    """Raise ``WeightsMismatchError`` unless ``state_dict`` fits ``model`` exactly (keys, shapes).
+
+    The message names the ``deploy`` setting to use when fused weights meet an unfused model (or
+    the reverse), the first shape mismatch (usually another arch), or the missing and unexpected
+    keys; with ``describe``, also what the weights look like (task and MobileOne arch).
+    """
+    model_state = model.state_dict()
+    model_fused = is_fused(model_state)
+    if state_dict and is_fused(state_dict) != model_fused:
+        if is_fused(state_dict):
+            raise WeightsMismatchError(
+                f'{source} holds fused (re-parameterized) MobileOne weights but the model has '
+                'train-time branches: build the backbone with deploy=True (use the deploy config '
+                'written next to the deploy checkpoint)')
+        raise WeightsMismatchError(
+            f'{source} holds unfused MobileOne weights (with branches) but the model is fused: '
+            'build the backbone with deploy=False, load, then call '
+            'mobileone_dense.reparameterize(model)')
+    arch = next((m.arch_name for m in model.modules() if hasattr(m, 'arch_name')), '?')
+
+    def looks_like() -> str:
+        described = describe_weights(state_dict) if describe else ''
+        return f'; the {source} looks like {described}' if described else ''
+
+    for key, value in state_dict.items():
+        if key in model_state and model_state[key].shape != value.shape:
+            raise WeightsMismatchError(
+                f'size mismatch for {key}: {source} has {tuple(value.shape)}, the model '
+                f'(arch={arch!r}) has {tuple(model_state[key].shape)}{looks_like()}: the weights '
+                'are probably for another MobileOne variant or class count; use the config they '
+                'were trained with')
+    missing = sorted(set(model_state) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(model_state))
+    if missing or unexpected:
+        raise WeightsMismatchError(
+            f'{source} does not match the model ({type(model).__name__}, arch={arch!r}): missing '
+            f'keys {_short_list(missing)}, unexpected keys {_short_list(unexpected)}'
+            f'{looks_like()}; use the config the weights were trained with (or '
+            "init_cfg=dict(type='Pretrained', prefix='backbone.') to take only a backbone)")
 
 
 def load_weights_strictly(model: nn.Module, state_dict: Dict[str, torch.Tensor],
                           source: str = 'checkpoint') -> None:
     """Load a state dict into ``model`` (a backbone or a whole model); fail loudly on any mismatch.
 
-    Raises ``ValueError`` naming the ``deploy`` setting to use when fused weights meet an unfused
-    model (or the reverse), the first shape mismatch (usually another arch), or every missing and
-    unexpected key.
+    Raises ``WeightsMismatchError`` (a ``ValueError``), see ``check_weights_match``.
     """
-    model_state = model.state_dict()
-    model_fused = is_fused(model_state)
-    if state_dict and is_fused(state_dict) != model_fused:
-        if is_fused(state_dict):
-            raise ValueError(f'{source} holds fused (re-parameterized) MobileOne weights but the '
-                             'model has train-time branches: build the backbone with deploy=True')
-        raise ValueError(f'{source} holds unfused MobileOne weights (with branches) but the '
-                         'model is fused: build the backbone with deploy=False, load, then call '
-                         'mobileone_dense.reparameterize(model)')
-    for key, value in state_dict.items():
-        if key in model_state and model_state[key].shape != value.shape:
-            arch = next((m.arch_name for m in model.modules() if hasattr(m, 'arch_name')), '?')
-            raise ValueError(f'size mismatch for {key}: {source} has {tuple(value.shape)}, the '
-                             f'model (arch={arch!r}) has {tuple(model_state[key].shape)}; the '
-                             'weights are probably for another MobileOne variant')
-    missing = sorted(set(model_state) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(model_state))
-    if missing or unexpected:
-        raise ValueError(f'{source} does not match the model: missing keys {missing}, '
-                         f'unexpected keys {unexpected}')
+    check_weights_match(model, state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -55,8 +100,8 @@ def load_pretrained_backbone(backbone: nn.Module, checkpoint: str,
     converted = convert_state_dict(raw, strict=False)
     weights = backbone_state_dict(converted)
     if not weights:
-        raise ValueError(f'{checkpoint!r} holds no MobileOne backbone weights'
-                         f'{" under prefix " + repr(prefix) if prefix else ""}')
+        raise WeightsMismatchError(f'{checkpoint!r} holds no MobileOne backbone weights'
+                                   f'{" under prefix " + repr(prefix) if prefix else ""}')
     load_weights_strictly(backbone, weights, source=f'checkpoint {checkpoint!r}')
 
 
@@ -66,9 +111,9 @@ def recognise_arch(backbone_weights: Dict[str, torch.Tensor]) -> str:
     fused = is_fused(backbone_weights)
     for arch in ARCH_SETTINGS:
         try:
-            load_weights_strictly(MobileOne(arch, deploy=fused), backbone_weights)
+            check_weights_match(MobileOne(arch, deploy=fused), backbone_weights, describe=False)
             return arch
-        except ValueError:
+        except WeightsMismatchError:
             continue
     raise ValueError('the converted weights fit none of the MobileOne archs '
                      f'{list(ARCH_SETTINGS)} (fused={fused})')

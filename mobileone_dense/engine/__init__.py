@@ -1,5 +1,5 @@
 from .deploy import atomic_save, deploy_config
-from .hooks import ReparameterizeHook
+from .hooks import FiniteLossHook, ReparameterizeHook
 from .runner import Runner
 
-__all__ = ['ReparameterizeHook', 'Runner', 'atomic_save', 'deploy_config']
+__all__ = ['FiniteLossHook', 'ReparameterizeHook', 'Runner', 'atomic_save', 'deploy_config']

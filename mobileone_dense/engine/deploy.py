@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
+from ..models.reparameterize import reparameterize
+
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
@@ -43,7 +45,10 @@ def atomic_dump_config(cfg: Config, path: str) -> None:
 
 
 def deploy_config(cfg: Config, checkpoint: Union[str, None] = None) -> Config:
-    """The same config with the fused backbone (``deploy=True``) and no pretrained init.
+    """The same config with the fused backbone (``deploy=True``), no pretrained init, no EMA.
+
+    The deploy checkpoint's neck/head BN are folded as well: loaders fuse the built model before
+    loading it (:func:`fuse_to_load`; our Runner and ``init_model`` do).
 
     ``load_from`` points at ``checkpoint`` (the fused weights) when given; resuming is off.
     """
@@ -55,6 +60,10 @@ def deploy_config(cfg: Config, checkpoint: Union[str, None] = None) -> Config:
                          f'{target.get("type")!r}, not mobileone_dense.MobileOne')
     target.deploy = True
     target.init_cfg = None  # the fused checkpoint carries the weights; unfused init would not fit
+    # The deploy checkpoint already holds the EMA weights; EMAHook would only keep a second copy
+    # (of an unfused structure) whose parameters it swaps with the model's by position.
+    cfg.custom_hooks = [hook for hook in cfg.get('custom_hooks', [])
+                        if 'EMAHook' not in str(hook.get('type', ''))]
     if checkpoint is not None:
         cfg.load_from = checkpoint
     cfg.resume = False
@@ -81,7 +90,36 @@ def max_relative_difference(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]
     return max(errors)
 
 
+# ``meta['fused']`` of a deploy checkpoint whose Conv+BN pairs outside the backbone are folded
+# too (``reparameterize`` since 0.1.0): loading it needs a model fused the same way first.
+WHOLE_MODEL = 'whole_model'
+
+
 def deploy_checkpoint(model: nn.Module, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """The dict written as a deploy checkpoint (fused weights only, mmengine layout)."""
+    """The dict written as a deploy checkpoint (fused weights only, mmengine layout).
+
+    ``model`` must be fused with :func:`mobileone_dense.reparameterize` (backbone branches and
+    every Conv+BN pair), which ``meta['fused']`` records.
+    """
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return dict(meta=dict(meta, mobileone_dense_deploy=True), state_dict=state_dict)
+    return dict(meta=dict(meta, mobileone_dense_deploy=True, fused=WHOLE_MODEL),
+                state_dict=state_dict)
+
+
+def is_whole_model_fused(checkpoint: Dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` is a deploy checkpoint of a wholly fused model (no BN left)."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    return isinstance(meta, dict) and meta.get('fused') == WHOLE_MODEL
+
+
+def fuse_to_load(model: nn.Module, checkpoint: Dict[str, Any]) -> bool:
+    """Fuse ``model`` in place when ``checkpoint`` holds wholly fused weights; True if it did.
+
+    A fused checkpoint has no BN entries for the neck/head convs (their BN is folded into a conv
+    bias): the freshly built model is fused first, which gives exactly that structure, and the
+    weights then load strictly. The values the fusion computes are overwritten by the load.
+    """
+    if not is_whole_model_fused(checkpoint):
+        return False
+    reparameterize(model)
+    return True

@@ -7,6 +7,8 @@ from typing import Optional
 from mmengine.config import Config, DictAction
 
 from ..registry import RUNNERS
+from .checks import check_checkpoint_fits, check_data, explain_registry_error, read_checkpoint
+from .distributed import setup_cpu_distributed
 from .runner import Runner
 
 
@@ -43,8 +45,27 @@ def load_config(path: str, cfg_options: Optional[dict], launcher: str,
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
-    """Our checkpoint-safe ``Runner`` unless the config names another ``runner_type``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+def build_runner(cfg: Config, mode: Optional[str] = None) -> Runner:
+    """Our checkpoint-safe ``Runner`` unless the config names another ``runner_type``.
+
+    With ``mode`` (``'train'`` or ``'test'``: what the runner will do), the data of that run and
+    the checkpoint it loads are checked first (``engine/checks.py``): a missing or empty data set,
+    class counts that contradict the model or a truncated/mismatched checkpoint raise an
+    ``InputError`` that says what to fix, before anything runs. A ``type=`` no registry holds
+    raises ``UnknownTypeError`` with the closest registered names.
+    """
+    checkpoint = None
+    if mode is not None:
+        check_data(cfg, mode)
+        checkpoint = read_checkpoint(cfg)  # a truncated file fails before any build
+    setup_cpu_distributed(cfg)  # torchrun without a GPU: gloo group, DDP without device ids
+    try:
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    except KeyError as error:
+        explained = explain_registry_error(error)
+        if explained is None:
+            raise
+        raise explained from None
+    if checkpoint is not None:
+        check_checkpoint_fits(cfg, runner.model, *checkpoint, mode)
+    return runner

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
-from mmengine.dist import is_main_process
+from mmengine.dist import broadcast, get_world_size, is_main_process
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
@@ -74,7 +74,13 @@ class ReparameterizeHook(Hook):
         if not (self._active and self.fuse_val):
             return
         # EMAHook (higher priority) has already swapped the averaged weights into the model.
-        fused = reparameterize(copy.deepcopy(_unwrap(runner.model)))
+        model = copy.deepcopy(_unwrap(runner.model))
+        if get_world_size() > 1:
+            # Every rank validates rank 0's model, the one saved and exported: DDP keeps the
+            # parameters equal, not the buffers (BN running statistics, per-rank batches).
+            for buffer in model.buffers():
+                broadcast(buffer, src=0)
+        fused = reparameterize(model)
         self._training_model = runner.model
         runner.model = fused
 

@@ -1,0 +1,416 @@
+"""Checks a run's inputs before the runner builds anything: data paths, annotation files, class
+counts, registered types and checkpoints.
+
+mmdet/mmseg/mmpretrain find a missing folder, an empty annotation file or a class-count mismatch
+only when they build the dataloaders (raw ``FileNotFoundError``/``JSONDecodeError``, or nothing at
+all); these checks fail first, and each message names the problem, the config key and the fix.
+``tools/train.py`` and ``tools/test.py`` run them through ``launch.build_runner``.
+"""
+import copy
+import difflib
+import mmap
+import os
+import os.path as osp
+import re
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch.nn as nn
+from mmengine.config import Config
+
+from ..errors import (BadDataError, ConfigError, MissingDataError, UnknownTypeError,
+                      WeightsMismatchError)
+
+# Where each kind of data set lives: the layouts of the README ("Data").
+LAYOUTS = {
+    'CocoDataset': '<data_root>/annotations/instances_{train,val}2017.json and '
+                   '<data_root>/{train,val}2017/*.jpg',
+    'COCOVOCSegDataset': '<data_root>/annotations/instances_train2017.json and '
+                         '<data_root>/train2017/*.jpg',
+    'PascalVOCDataset': '<data_root> = VOCdevkit/VOC2012 with JPEGImages/*.jpg, '
+                        'SegmentationClass[Aug]/*.png and ImageSets/Segmentation/{train,val,aug}.txt',
+    'ADE20KDataset': '<data_root> = ADEChallengeData2016 with images/{training,validation}/*.jpg '
+                     'and annotations/{training,validation}/*.png',
+    'ImageNet': '<data_root>/{train,val}/<class folder>/*.JPEG (or <data_root>/meta/{train,val}.txt '
+                'lists)',
+    'CustomDataset': '<data_root>/<class folder>/*.jpg',
+}
+# model keys whose ``num_classes`` must equal the data set's class count
+HEAD_KEYS = ('bbox_head', 'decode_head', 'auxiliary_head', 'head', 'roi_head.bbox_head',
+             'roi_head.mask_head')
+
+
+def loaders_of(cfg: Config, mode: str) -> List[str]:
+    """The dataloader keys a ``'train'`` run (with validation) or a ``'test'`` run builds."""
+    if mode == 'test':
+        return [key for key in ('test_dataloader',) if cfg.get(key)]
+    if mode != 'train':
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    keys = ['train_dataloader'] if cfg.get('train_dataloader') else []
+    if cfg.get('val_cfg') is not None and cfg.get('val_dataloader'):
+        keys.append('val_dataloader')
+    return keys
+
+
+def iter_datasets(dataset: dict, key: str) -> Iterator[Tuple[str, dict]]:
+    """(config key, dict) of every dataset inside wrappers (Concat/Repeat/ClassBalanced...)."""
+    if 'datasets' in dataset:
+        for i, child in enumerate(dataset['datasets']):
+            yield from iter_datasets(child, f'{key}.datasets.{i}')
+    elif 'dataset' in dataset and isinstance(dataset['dataset'], dict):
+        yield from iter_datasets(dataset['dataset'], f'{key}.dataset')
+    else:
+        yield key, dataset
+
+
+def _leaf_datasets(cfg: Config, mode: str) -> Iterator[Tuple[str, dict]]:
+    for loader in loaders_of(cfg, mode):
+        yield from iter_datasets(cfg[loader]['dataset'], f'{loader}.dataset')
+
+
+def _type_name(type_) -> str:
+    """``'mmdet.CocoDataset'`` -> ``'CocoDataset'`` (types may also be classes)."""
+    return type_.split('.')[-1] if isinstance(type_, str) else getattr(type_, '__name__', '')
+
+
+def _is_remote(dataset: dict) -> bool:
+    backend = (dataset.get('backend_args') or {}).get('backend', 'local')
+    return backend != 'local' or '://' in str(dataset.get('data_root', ''))
+
+
+def _fix_hint(key: str, dataset: dict) -> str:
+    layout = LAYOUTS.get(_type_name(dataset.get('type')))
+    return (f'set {key}.data_root to where the data set is (e.g. --cfg-options '
+            f'{key}.data_root=/path/to/data/), or download it there'
+            + (f'; expected layout: {layout}' if layout else '')
+            + f' (relative paths start from the current directory, {os.getcwd()})')
+
+
+def _dataset_paths(dataset: dict) -> Iterator[Tuple[str, str, bool]]:
+    """(what, path, is_file) of the files and folders a dataset config reads, as mmengine's
+    ``BaseDataset`` joins them (``ann_file`` and ``data_prefix`` under ``data_root``)."""
+    root = dataset.get('data_root') or ''
+
+    def join(path: str) -> str:
+        return path if not root or osp.isabs(path) else osp.join(root, path)
+
+    if _type_name(dataset.get('type')) == 'ImageNet' and dataset.get('split'):
+        # mmpretrain's ImageNet: data_prefix defaults to the split, ann_file to meta/<split>.txt
+        # when that exists (otherwise the class folders are scanned)
+        if not dataset.get('data_prefix'):
+            yield 'image folder', join(dataset['split']), False
+    if dataset.get('ann_file'):
+        yield 'annotation file', join(dataset['ann_file']), True
+    prefix = dataset.get('data_prefix') or {}
+    for name, path in (prefix.items() if isinstance(prefix, dict) else [('img', prefix)]):
+        if path:
+            yield f'{name} folder', join(path), False
+
+
+def check_dataset_paths(cfg: Config, mode: str = 'train') -> None:
+    """Raise ``MissingDataError`` naming the first missing data root, folder or annotation file
+    of the dataloaders (and evaluators) a ``mode`` run builds, the config key to set and the
+    expected layout. Remote data (``backend_args``, URLs) is not checked."""
+    for key, dataset in _leaf_datasets(cfg, mode):
+        if _is_remote(dataset):
+            continue
+        root = dataset.get('data_root')
+        if root and not osp.isdir(root):
+            raise MissingDataError(f'{key}.data_root: data set root {root!r} does not exist: '
+                                   + _fix_hint(key, dataset))
+        for what, path, is_file in _dataset_paths(dataset):
+            if not (osp.isfile(path) if is_file else osp.isdir(path)):
+                raise MissingDataError(f'{key}: {what} {path!r} does not exist: '
+                                       + _fix_hint(key, dataset))
+    for key, ann_file in _evaluator_ann_files(cfg, mode):
+        if not osp.isfile(ann_file):
+            raise MissingDataError(f'{key}.ann_file: annotation file {ann_file!r} does not exist: '
+                                   f'set {key}.ann_file to the data set\'s annotation file (the '
+                                   'one of the matching dataloader)')
+
+
+def _evaluator_ann_files(cfg: Config, mode: str) -> Iterator[Tuple[str, str]]:
+    keys = ['test_evaluator'] if mode == 'test' else (
+        ['val_evaluator'] if 'val_dataloader' in loaders_of(cfg, mode) else [])
+    for key in keys:
+        evaluators = cfg.get(key) or []
+        evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+        for i, evaluator in enumerate(evaluators):
+            ann_file = evaluator.get('ann_file') if isinstance(evaluator, dict) else None
+            if ann_file and '://' not in ann_file:
+                yield (key if len(evaluators) == 1 else f'{key}.{i}'), ann_file
+
+
+def check_annotation_file(path: str, key: str = 'ann_file') -> None:
+    """Raise ``BadDataError`` if an annotation file is empty, a truncated JSON or a COCO file
+    without images (cheap: reads the file's ends and scans it, never parses a large JSON)."""
+    size = osp.getsize(path)
+    if size == 0:
+        raise BadDataError(f'{key}: annotation file {path!r} is empty (0 bytes; an interrupted '
+                           'download or copy leaves such files): download or generate it again')
+    with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if size < 4096 and not data[:].strip():
+            raise BadDataError(f'{key}: annotation file {path!r} lists no images (only '
+                               'whitespace): regenerate it, or point the config at the right one')
+        if not path.endswith('.json'):
+            return
+        head = data[:min(size, 64)].lstrip()[:1]
+        tail = data[max(0, size - 64):].rstrip()[-1:]
+        if head != b'{' or tail != b'}':
+            raise BadDataError(f'{key}: {path!r} is not a complete JSON object (starts with '
+                               f'{head!r}, ends with {tail!r}): the file is truncated or not a '
+                               'COCO annotation file; download or generate it again')
+        if re.search(rb'"images"\s*:', data) is None:
+            raise BadDataError(f'{key}: {path!r} has no "images" list: it is not a COCO-format '
+                               'annotation file (images, annotations, categories)')
+        if re.search(rb'(?<!\\)"images"\s*:\s*\[\s*\]', data) is not None:
+            raise BadDataError(f'{key}: COCO annotation file {path!r} lists no images ("images": '
+                               '[]): nothing to train or evaluate on; regenerate it, or point the '
+                               'config at the right file')
+
+
+def check_annotation_files(cfg: Config, mode: str = 'train') -> None:
+    """``check_annotation_file`` on every local annotation file of a ``mode`` run."""
+    for key, dataset in _leaf_datasets(cfg, mode):
+        if not _is_remote(dataset):
+            for what, path, is_file in _dataset_paths(dataset):
+                if is_file and osp.isfile(path):
+                    check_annotation_file(path, f'{key}.ann_file')
+    for key, ann_file in _evaluator_ann_files(cfg, mode):
+        if osp.isfile(ann_file):
+            check_annotation_file(ann_file, f'{key}.ann_file')
+
+
+def _registry_class(registry, type_, scope: str):
+    """The class a ``type=`` names in ``scope`` (None if not registered)."""
+    if not isinstance(type_, str):
+        return type_
+    with registry.switch_scope_and_registry(scope) as scoped:
+        return scoped.get(type_)
+
+
+def dataset_classes(dataset: dict, scope: str) -> Optional[Sequence[str]]:
+    """The class names a dataset config will have: its ``metainfo`` or its class's ``METAINFO``."""
+    from mmengine.registry import DATASETS
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None:
+        dataset_class = _registry_class(DATASETS, dataset.get('type'), scope)
+        classes = getattr(dataset_class, 'METAINFO', {}).get('classes')
+    return classes
+
+
+def model_num_classes(model_cfg: dict) -> Dict[str, int]:
+    """``{'model.bbox_head.num_classes': 80, ...}`` for the heads of ``HEAD_KEYS``."""
+    found = {}
+    for path in HEAD_KEYS:
+        node = model_cfg
+        for part in path.split('.'):
+            node = node.get(part) if isinstance(node, dict) else None
+        for i, head in enumerate(node if isinstance(node, (list, tuple)) else [node]):
+            if isinstance(head, dict) and isinstance(head.get('num_classes'), int):
+                index = f'.{i}' if isinstance(node, (list, tuple)) else ''
+                found[f'model.{path}{index}.num_classes'] = head['num_classes']
+    return found
+
+
+def check_num_classes(cfg: Config, mode: str = 'train') -> None:
+    """Raise ``ConfigError`` when a dataset's class count differs from a head's ``num_classes``.
+
+    mmdet's ``NumClassCheckHook`` finds it only once the dataloaders are built (and mmseg and
+    mmpretrain not at all: labels beyond ``num_classes`` crash the loss, or are never predicted).
+    """
+    heads = model_num_classes(cfg.get('model') or {})
+    scope = cfg.get('default_scope') or 'mmengine'
+    for key, dataset in _leaf_datasets(cfg, mode):
+        classes = dataset_classes(dataset, scope)
+        if not classes or isinstance(classes, str):  # (mmpretrain: a file of class names)
+            continue
+        source = 'its metainfo' if (dataset.get('metainfo') or {}).get('classes') else \
+            f'{_type_name(dataset.get("type"))}.METAINFO'
+        for head_key, num_classes in heads.items():
+            if num_classes != len(classes):
+                shown = ', '.join(map(str, classes[:4])) + (', ...' if len(classes) > 4 else '')
+                raise ConfigError(
+                    f'{key} has {len(classes)} classes ({source}: {shown}) but {head_key} = '
+                    f'{num_classes}: set {head_key}={len(classes)} (e.g. --cfg-options '
+                    f'{head_key}={len(classes)}), or give the dataset '
+                    f'{key}.metainfo=dict(classes=(...)) with the {num_classes} classes the '
+                    'model predicts')
+
+
+def fill_label_checks(cfg: Config) -> None:
+    """Give every ``mobileone_dense.LoadSegAnnotations`` without ``num_classes`` the decode head's
+    ``num_classes`` and ``ignore_index``, so a ``num_classes`` override reaches the check."""
+    head = (cfg.get('model') or {}).get('decode_head')
+    if not isinstance(head, dict) or not isinstance(head.get('num_classes'), int):
+        return
+    for mode in ('train', 'test'):
+        for _, dataset in _leaf_datasets(cfg, mode):
+            for transform in dataset.get('pipeline') or []:
+                if isinstance(transform, dict) and \
+                        _type_name(transform.get('type')) == 'LoadSegAnnotations' and \
+                        transform.get('num_classes') is None:
+                    transform['num_classes'] = head['num_classes']
+                    transform.setdefault('ignore_index', head.get('ignore_index', 255))
+
+
+def _all_names(registry) -> List[str]:
+    """Every name a ``type=`` may take in ``registry``'s scope: its own, its ancestors', and
+    ``scope.Name`` for the other scopes under the root."""
+    names = set(registry.module_dict)
+    root = registry
+    while root.parent is not None:
+        root = root.parent
+        names |= set(root.module_dict)
+    stack = list(root.children.values())
+    while stack:
+        child = stack.pop()
+        names |= {f'{child.scope}.{name}' for name in child.module_dict}
+        stack.extend(child.children.values())
+    return sorted(names)
+
+
+def suggest_types(name: str, registry) -> List[str]:
+    """The registered names closest to ``name`` (difflib, case-insensitive), best first."""
+    names = _all_names(registry)
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    if not close and '.' in name:  # 'mobileone_dense.MobilOne': compare the bare names too
+        bare = {n.split('.')[-1].lower(): n for n in names}
+        close = difflib.get_close_matches(name.split('.')[-1].lower(), list(bare), n=3,
+                                          cutoff=0.6)
+        return [bare[c] for c in close]
+    return [by_lower[c] for c in close]
+
+
+def unknown_type_error(name: str, registry, context: str = '') -> UnknownTypeError:
+    """``UnknownTypeError`` naming the type, the registry and scope, and the closest names."""
+    suggestions = suggest_types(name, registry)
+    hint = (f'did you mean {" or ".join(repr(s) for s in suggestions)}?' if suggestions
+            else 'no registered name is close to it')
+    return UnknownTypeError(
+        f'unknown type {name!r}{context}: not in the {registry.scope}::{registry.name} registry '
+        f'({registry.name}s registered in scope {registry.scope!r} and its parent); {hint} Fix the '
+        "type= in the config; a type of another package needs its scope prefix (e.g. "
+        "'mmdet.SSDHead') and that package in custom_imports")
+
+
+_REGISTRY_MESSAGE = re.compile(r'([\w.]+) is not in the (\w+)::(\w+) registry')
+
+
+def explain_registry_error(error: KeyError) -> Optional[UnknownTypeError]:
+    """An ``UnknownTypeError`` for mmengine's "X is not in the scope::name registry" KeyError
+    (also when nested in a parent's build error), else None: other errors are not touched."""
+    match = _REGISTRY_MESSAGE.search(str(error))
+    if match is None:
+        return None
+    name, scope, registry_name = match.groups()
+    registry = _find_registry(registry_name, scope)
+    return None if registry is None else unknown_type_error(name, registry)
+
+
+def _find_registry(name: str, scope: str):
+    import mmengine.registry as mmengine_registry
+    from mmengine.registry import Registry
+    roots = [r for r in vars(mmengine_registry).values()
+             if isinstance(r, Registry) and r.name == name and r.parent is None]
+    for root in roots:
+        if root.scope == scope:
+            return root
+        stack = list(root.children.values())
+        while stack:
+            child = stack.pop()
+            if child.scope == scope:
+                return child
+            stack.extend(child.children.values())
+    return None
+
+
+def check_registered_types(cfg: Config, mode: str = 'train') -> None:
+    """Raise ``UnknownTypeError`` for a dataset or pipeline ``type=`` no registry holds, before
+    the runner builds the model (mmengine would find it only when it builds the dataloaders)."""
+    from mmengine.registry import DATASETS, TRANSFORMS
+    scope = cfg.get('default_scope') or 'mmengine'
+    for loader in loaders_of(cfg, mode):
+        stack = [(f'{loader}.dataset', cfg[loader]['dataset'])]
+        while stack:
+            key, dataset = stack.pop()
+            dataset_scope = dataset.get('_scope_', scope)
+            _check_type(DATASETS, dataset.get('type'), dataset_scope, f' at {key}.type')
+            for i, child in enumerate(dataset.get('datasets') or []):
+                stack.append((f'{key}.datasets.{i}', child))
+            if isinstance(dataset.get('dataset'), dict):
+                stack.append((f'{key}.dataset', dataset['dataset']))
+            for i, transform in enumerate(dataset.get('pipeline') or []):
+                if isinstance(transform, dict):
+                    _check_type(TRANSFORMS, transform.get('type'),
+                                transform.get('_scope_', dataset_scope),
+                                f' at {key}.pipeline.{i}.type')
+
+
+def _check_type(root, type_, scope: str, context: str) -> None:
+    if not isinstance(type_, str) or _registry_class(root, type_, scope) is not None:
+        return
+    with root.switch_scope_and_registry(scope) as registry:
+        raise unknown_type_error(type_, registry, context)
+
+
+def check_data(cfg: Config, mode: str = 'train') -> None:
+    """Every data check for a ``mode`` (``'train'`` or ``'test'``) run, cheapest first."""
+    check_registered_types(cfg, mode)
+    check_num_classes(cfg, mode)
+    check_dataset_paths(cfg, mode)
+    check_annotation_files(cfg, mode)
+    fill_label_checks(cfg)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def read_checkpoint(cfg: Config) -> Optional[Tuple[str, dict]]:
+    """``(path, checkpoint)`` of the run's ``load_from`` (also ``--resume CKPT``), read now
+    (``weights_only``) so that a truncated or corrupt file raises ``CheckpointError`` before
+    anything is built. None when there is none (or it is remote). ``--resume`` without a path is
+    left to our Runner, which skips a truncated latest checkpoint for the one before."""
+    from ..converters import load_checkpoint_file
+    path = cfg.get('load_from')
+    if not path or '://' in path:
+        return None
+    return path, load_checkpoint_file(path, run_checkpoint=True)
+
+
+def check_checkpoint_fits(cfg: Config, model: nn.Module, path: str, checkpoint: dict,
+                          mode: str) -> None:
+    """Compare a run's checkpoint weights with its model (the runner's).
+
+    Testing and resuming need exactly the model's weights (mmengine's non-strict load would only
+    log what does not fit and go on with random weights): any mismatch raises
+    ``WeightsMismatchError`` listing missing and unexpected keys and what the weights look like.
+    ``load_from`` for training follows the fine-tuning convention (heads may differ and are
+    logged by mmengine), so only the backbone must fit, and the checkpoint must share weights
+    with the model.
+    """
+    from mmengine.model import is_model_wrapper
+
+    from ..converters import state_dict_of
+    from ..converters.loading import check_weights_match
+    from .deploy import fuse_to_load, is_whole_model_fused
+    model = model.module if is_model_wrapper(model) else model
+    if is_whole_model_fused(checkpoint):  # our Runner fuses the model before loading it
+        model = copy.deepcopy(model)
+        fuse_to_load(model, checkpoint)
+    # mmengine's default revise_keys: DataParallel prefixes
+    weights = {re.sub(r'^module\.', '', k): v for k, v in state_dict_of(checkpoint).items()}
+    source = f'checkpoint {path!r}'
+    if mode == 'test' or cfg.get('resume'):
+        check_weights_match(model, weights, source)
+        return
+    model_state = model.state_dict()
+    if not set(weights) & set(model_state):
+        check_weights_match(model, weights, source)  # nothing in common: say what it is
+    backbone = {k: v for k, v in model_state.items() if k.startswith('backbone.')}
+    mismatched = [k for k in backbone if k not in weights or weights[k].shape != backbone[k].shape]
+    if mismatched:
+        try:
+            check_weights_match(model, weights, source)
+        except WeightsMismatchError as error:
+            raise WeightsMismatchError(f'load_from: the backbone does not fit ({len(mismatched)} '
+                                       'backbone weights missing or of another shape): '
+                                       f'{error}') from None

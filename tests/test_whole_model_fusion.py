@@ -1,0 +1,111 @@
+"""Whole-model fusion: the deployed detector / segmentor has no BN left and computes the same."""
+import copy
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+from mmcv.cnn import ConvModule, fuse_conv_bn
+from mmengine.config import Config
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import mobileone_dense  # noqa: F401
+from mobileone_dense import reparameterize
+from mobileone_dense.analysis.fusion_check import randomize_batch_norm
+from mobileone_dense.apis import build_model_from_config
+from mobileone_dense.apis.inference import init_model
+from mobileone_dense.engine.deploy import (atomic_save, deploy_checkpoint, deploy_config,
+                                           max_relative_difference, output_tensors)
+from mobileone_dense.models.reparameterize import fuse_conv_bn_pairs
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = {'detector': ('configs/ssdlite_mobileone_s0_coco.py', 128),
+           'segmentor': ('configs/deeplabv3_mobileone_s0_voc.py', 96)}
+
+
+class TensorOutputs(nn.Module):
+    """``model(inputs, mode='tensor')`` as a flat list of tensors (for BN calibration)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs):
+        return output_tensors(self.model(inputs, mode='tensor'))
+
+
+def trained_like(task: str):
+    """The S0 model of ``task`` with calibrated, perturbed BN statistics (as after training)."""
+    config, size = CONFIGS[task]
+    cfg = Config.fromfile(osp.join(REPO, config))
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    inputs = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    randomize_batch_norm(TensorOutputs(model), calibration_inputs=inputs)
+    return cfg, model.eval(), inputs
+
+
+@pytest.mark.parametrize('task', sorted(CONFIGS))
+def test_whole_model_fusion_is_exact_and_leaves_no_batch_norm(task):
+    _, model, inputs = trained_like(task)
+    neck_and_head_bn = [n for n, m in model.named_modules()
+                        if isinstance(m, _BatchNorm) and not n.startswith('backbone.')]
+    assert neck_and_head_bn, 'the unfused model should have BN outside the backbone'
+    model = model.double()
+    inputs = inputs.double()
+    with torch.no_grad():
+        reference = output_tensors(model(inputs, mode='tensor'))
+        fused = reparameterize(copy.deepcopy(model)).eval()
+        outputs = output_tensors(fused(inputs, mode='tensor'))
+    assert not [n for n, m in fused.named_modules() if isinstance(m, _BatchNorm)]
+    # float64: the folding is exact up to rounding (float32 gives ~1e-5 here)
+    assert max_relative_difference(outputs, reference) < 1e-10
+    # fusing again changes nothing
+    before = {k: v.clone() for k, v in fused.state_dict().items()}
+    reparameterize(fused)
+    assert all(torch.equal(before[k], v) for k, v in fused.state_dict().items())
+
+
+@pytest.mark.parametrize('task', sorted(CONFIGS))
+def test_deploy_checkpoint_loads_into_deploy_config_and_training_config(task, tmp_path):
+    cfg, model, inputs = trained_like(task)
+    fused = reparameterize(copy.deepcopy(model)).eval()
+    path = str(tmp_path / 'deploy.pth')
+    atomic_save(deploy_checkpoint(fused, dict(dataset_meta=None)), path)
+    with torch.no_grad():
+        expected = output_tensors(fused(inputs, mode='tensor'))
+        for config in (deploy_config(cfg, path), cfg):
+            loaded = init_model(config, path)
+            assert not any(isinstance(m, _BatchNorm) for m in loaded.modules())
+            outputs = output_tensors(loaded(inputs, mode='tensor'))
+            assert max_relative_difference(outputs, expected) == 0
+    # a deploy config drops EMAHook: its averaged copy would be of another structure
+    assert not [h for h in deploy_config(cfg).custom_hooks if 'EMAHook' in h['type']]
+
+
+def test_only_conv_then_norm_pairs_are_folded():
+    torch.manual_seed(0)
+    norm_first = ConvModule(4, 4, 3, padding=1, norm_cfg=dict(type='BN'),
+                            order=('norm', 'conv', 'act'))
+    conv_first = ConvModule(4, 4, 3, padding=1, norm_cfg=dict(type='BN'))
+    sequential = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+    model = nn.Sequential(norm_first, conv_first, sequential)
+    inputs = torch.randn(2, 4, 8, 8)
+    randomize_batch_norm(model, calibration_inputs=inputs)
+    model.eval()
+    with torch.no_grad():
+        reference = model(inputs)
+        ours = copy.deepcopy(model)
+        fused_names = fuse_conv_bn_pairs(ours)
+        assert fused_names == ['1.bn', '2.1']
+        assert torch.allclose(ours(inputs), reference, atol=1e-5)
+        # mmcv's fuse_conv_bn pairs by registration order and silently breaks norm-first modules:
+        # the reason fuse_conv_bn_pairs exists.
+        theirs = fuse_conv_bn(copy.deepcopy(model))
+        assert not torch.allclose(theirs(inputs), reference, atol=1e-3)
+
+
+def test_batch_norm_without_running_statistics_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(ValueError, match='no running statistics'):
+        fuse_conv_bn_pairs(model)

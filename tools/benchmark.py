@@ -1,0 +1,105 @@
+"""Latency of MobileOne (unfused, fused) next to MobileNetV2, timm and mmpretrain, side by side.
+
+    python tools/benchmark.py --task all --arch s0 [s1 ...] [--threads 2] [--out-dir DIR]
+    python tools/benchmark.py --task cls --arch s0 s1 s2 s3 s4 --compare-settings --onnx
+
+Times the network forward only (``model(inputs, mode='tensor')`` / the backbone's forward on one
+pre-made random input; no data loading, preprocessing or post-processing) under
+``torch.inference_mode()`` with fixed threads: ``--warmup`` untimed calls, then ``--repeats``
+timed calls (round-robin over the task's models, so that load changes hit all alike; or
+``--sequential``), median and minimum reported. Per task: 'cls' measures the bare backbone and the
+classifier (``configs/mobileone_<arch>_imagenet.py``) against torchvision's MobileNetV2 and
+timm's / mmpretrain's MobileOne; 'det' SSDLite (``configs/ssdlite_mobileone_<arch>_coco.py``,
+320x320) against mmdet's SSDLite-MobileNetV2; 'seg' DeepLabV3
+(``configs/deeplabv3_mobileone_<arch>_voc.py``, 512x512) against mmseg's DeepLabV3-MobileNetV2.
+Prints a table and the issue's targets (PASS/FAIL, not asserted), writes ``benchmark.json`` and
+``benchmark.png`` (measured latency vs paper-reported top-1) in ``--out-dir``. Definitions of
+every column: the ``notes`` of the JSON (``mobileone_dense/analysis/benchmark.py``).
+"""
+import argparse
+import os.path as osp
+import sys
+from typing import List, Optional
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
+
+import mobileone_dense  # noqa: E402,F401  (registers our scope and `mobileone_dense::` configs)
+from mobileone_dense.analysis.benchmark import (ARCHS, TASKS, BenchmarkSettings,  # noqa: E402
+                                                format_comparison, format_table, rows_from_result,
+                                                run_benchmark, write_outputs)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n'.join(__doc__.split('\n')[1:]))
+    parser.add_argument('--task', choices=list(TASKS) + ['all'], default='all',
+                        help='cls (backbone + classifier), det, seg or all (default)')
+    parser.add_argument('--arch', nargs='+', choices=ARCHS, default=['s0'],
+                        help='MobileOne variants (default: s0)')
+    parser.add_argument('--input-size', type=int, default=None,
+                        help='square input side for every task (default: 224 cls, 320 det, '
+                             '512 seg)')
+    parser.add_argument('--batch', type=int, default=1, help='images per forward (default 1)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='torch.set_num_threads / onnxruntime intra-op threads (default 2)')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed calls per model (default 5)')
+    parser.add_argument('--repeats', type=int, default=30,
+                        help='timed calls per model (default 30)')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='models and inputs in torch.channels_last memory format')
+    parser.add_argument('--onnx', action='store_true',
+                        help='also time our fused models exported to ONNX in onnxruntime')
+    parser.add_argument('--compare-settings', action='store_true',
+                        help='also time the fused S0 classifier with/without channels_last at '
+                             'batch 1 and 8 (per image)')
+    parser.add_argument('--sequential', action='store_true',
+                        help="time each model's calls back to back instead of round-robin "
+                             "with the task's other models")
+    parser.add_argument('--matmul-size', type=int, default=2048,
+                        help='side of the float32 torch.mm that measures the peak (default 2048)')
+    parser.add_argument('--out-dir', default='work_dirs/benchmark',
+                        help='where benchmark.json and benchmark.png go')
+    args = parser.parse_args(argv)
+    for name in ('batch', 'threads', 'repeats', 'matmul_size'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    if args.warmup < 0:
+        parser.error(f'--warmup must be >= 0, got {args.warmup}')
+    if args.input_size is not None and args.input_size < 32:
+        parser.error(f'--input-size must be >= 32 (MobileOne downsamples 32x), '
+                     f'got {args.input_size}')
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    settings = BenchmarkSettings(
+        tasks=list(TASKS) if args.task == 'all' else [args.task], archs=args.arch,
+        input_size=args.input_size, batch=args.batch, threads=args.threads, warmup=args.warmup,
+        repeats=args.repeats, device=args.device, channels_last=args.channels_last,
+        onnx=args.onnx, matmul_size=args.matmul_size, compare_settings=args.compare_settings,
+        interleave=not args.sequential)
+    result = run_benchmark(settings)
+    machine = result['machine']
+    print(f'\n{machine["cpu"]}, {machine["cores"]} cores, {settings.threads} threads, '
+          f'torch {machine["torch"]}, {settings.device}, {machine["date"]}, load average '
+          f'{machine["load_average"]}; matmul peak {result["matmul_peak_gflops"]:.1f} GFLOP/s')
+    print(format_table(rows_from_result(result)))
+    for note in result['notes']['skipped']:
+        print(f'note: {note}')
+    if result['settings_comparison']:
+        print('\nfused S0 classifier, per image:')
+        print(format_comparison(result['settings_comparison']))
+    print('\ntargets (measured here, not asserted):')
+    for line in result['targets']:
+        print(f'  {line}')
+    paths = write_outputs(result, args.out_dir)
+    print(f'\nwrote {paths["json"]}' + (f' and {paths["png"]}' if paths['png'] else
+                                         ' (no plot: no classifier rows)'))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
