@@ -387,12 +387,10 @@ def check_checkpoint_fits(cfg: Config, model: nn.Module, path: str, checkpoint: 
     logged by mmengine), so only the backbone must fit, and the checkpoint must share weights
     with the model.
     """
-    from mmengine.model import is_model_wrapper
-
     from ..converters import state_dict_of
     from ..converters.loading import check_weights_match
-    from .deploy import fuse_to_load, is_whole_model_fused
-    model = model.module if is_model_wrapper(model) else model
+    from .deploy import fuse_to_load, is_whole_model_fused, unwrap_model
+    model = unwrap_model(model)
     if is_whole_model_fused(checkpoint):  # our Runner fuses the model before loading it
         model = copy.deepcopy(model)
         fuse_to_load(model, checkpoint)

@@ -3,45 +3,63 @@ import copy
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, List, Union
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 
 from ..models.reparameterize import reparameterize
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside an mmengine wrapper (DDP, ...), or the model itself."""
+    return model.module if is_model_wrapper(model) else model
+
+
+def replace_durably(tmp: str, path: str) -> None:
+    """Flush the complete file ``tmp`` to disk, then rename it to ``path`` (atomic within one
+    file system) and flush the folder entry, so a crash leaves either the old or the new file."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    try:  # the rename is durable once the folder entry is; some file systems refuse this
+        fd = os.open(osp.dirname(osp.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_atomically(path: str, write: Callable[[str], None], suffix: str) -> None:
+    """``write(tmp)`` to a temp file beside ``path``, then :func:`replace_durably`."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix=suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write(tmp)
+        replace_durably(tmp, path)
     except BaseException:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+    _write_atomically(path, lambda tmp: torch.save(obj, tmp), '.tmp')
 
 
 def atomic_dump_config(cfg: Config, path: str) -> None:
     """``Config.dump`` through a temp file and rename."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.py', dir=folder)
-    os.close(fd)
-    try:
-        cfg.dump(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    _write_atomically(path, cfg.dump, '.py')
 
 
 def deploy_config(cfg: Config, checkpoint: Union[str, None] = None) -> Config:

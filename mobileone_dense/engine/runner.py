@@ -12,18 +12,13 @@ import torch
 from mmengine.dist import get_world_size, is_main_process, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import EMAHook
-from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as MMEngineRunner
 
 from ..converters.checkpoint_io import allow_mmengine_checkpoints, load_checkpoint_file
 from ..errors import CheckpointError
 from ..models.reparameterize import reparameterize
 from ..registry import RUNNERS
-from .deploy import fuse_to_load
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
+from .deploy import fuse_to_load, replace_durably, unwrap_model
 
 
 # CheckpointHook writes the path of the last checkpoint into this file of the work dir.
@@ -36,24 +31,6 @@ def partial_path(path: str) -> str:
     """Where checkpoint ``path`` is written until complete: hidden, in the same folder."""
     folder, name = osp.split(path)
     return osp.join(folder, f'.{name}.part')
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_replace(tmp: str, path: str) -> None:
-    """Flush ``tmp`` to disk, then rename it to ``path`` (atomic within one file system)."""
-    _fsync(tmp)
-    os.replace(tmp, path)
-    try:  # the rename is durable once the folder entry is; some file systems refuse this
-        _fsync(osp.dirname(osp.abspath(path)))
-    except OSError:
-        pass
 
 
 def checkpoint_problem(path: str) -> Optional[str]:
@@ -189,7 +166,7 @@ class Runner(MMEngineRunner):
         """
         with allow_mmengine_checkpoints():
             if osp.isfile(filename) and fuse_to_load(
-                    _unwrap(self.model), load_checkpoint_file(filename, run_checkpoint=True)):
+                    unwrap_model(self.model), load_checkpoint_file(filename, run_checkpoint=True)):
                 for hook in self.hooks:
                     if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
                         reparameterize(hook.ema_model.module)
@@ -213,7 +190,7 @@ class Runner(MMEngineRunner):
         tmp, path = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
         try:
             super().save_checkpoint(out_dir, tmp_name, *args)
-            fsync_replace(tmp, path)
+            replace_durably(tmp, path)
         except BaseException:
             if osp.exists(tmp):
                 os.remove(tmp)

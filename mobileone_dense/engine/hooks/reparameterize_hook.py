@@ -7,22 +7,17 @@ import torch
 import torch.nn as nn
 from mmengine.dist import broadcast, get_world_size, is_main_process
 from mmengine.hooks import EMAHook, Hook
-from mmengine.model import is_model_wrapper
 
 from ...models.blocks import MobileOneBlock
 from ...models.reparameterize import reparameterize
 from ...registry import HOOKS
 from ..deploy import (atomic_dump_config, atomic_save, deploy_checkpoint, deploy_config,
-                      max_relative_difference, output_tensors)
+                      max_relative_difference, output_tensors, unwrap_model)
 
 
 def has_branches(model: nn.Module) -> bool:
     """Whether ``model`` holds any MobileOne block that is not fused yet."""
     return any(isinstance(m, MobileOneBlock) and not m.deploy for m in model.modules())
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
 
 
 @HOOKS.register_module()
@@ -61,7 +56,7 @@ class ReparameterizeHook(Hook):
         self.deploy_files: Dict[str, str] = {}
 
     def before_run(self, runner) -> None:
-        self._active = has_branches(_unwrap(runner.model))
+        self._active = has_branches(unwrap_model(runner.model))
         if not self._active:
             runner.logger.info('ReparameterizeHook: the model has no re-parameterizable branches '
                                '(already fused, or no MobileOne parts); nothing to do.')
@@ -74,7 +69,7 @@ class ReparameterizeHook(Hook):
         if not (self._active and self.fuse_val):
             return
         # EMAHook (higher priority) has already swapped the averaged weights into the model.
-        model = copy.deepcopy(_unwrap(runner.model))
+        model = copy.deepcopy(unwrap_model(runner.model))
         if get_world_size() > 1:
             # Every rank validates rank 0's model, the one saved and exported: DDP keeps the
             # parameters equal, not the buffers (BN running statistics, per-rank batches).
@@ -99,7 +94,7 @@ class ReparameterizeHook(Hook):
     def before_test_epoch(self, runner) -> None:
         if not (self._active and self.fuse_test):
             return
-        reparameterize(_unwrap(runner.model))
+        reparameterize(unwrap_model(runner.model))
         ema_hook = self._ema_hook(runner)
         if ema_hook is not None and hasattr(ema_hook, 'ema_model'):
             # EMAHook swaps parameters back after the test by zipping both models' parameter
@@ -113,7 +108,7 @@ class ReparameterizeHook(Hook):
             return
         ema_hook = self._ema_hook(runner)
         source = (ema_hook.ema_model.module if ema_hook is not None and hasattr(ema_hook, 'ema_model')
-                  else _unwrap(runner.model))
+                  else unwrap_model(runner.model))
         unfused = copy.deepcopy(source).eval()
         fused = reparameterize(copy.deepcopy(source)).eval()
         if self.check_fusion:
