@@ -5,9 +5,31 @@ import os.path as osp
 import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = osp.dirname(osp.abspath(__file__))
 MIM_DIR = osp.join(ROOT, 'mobileone_dense', '.mim')
+# Run at interpreter start-up by Python's site module: lets mmengine resolve
+# ``mobileone_dense::`` config bases in processes that have not imported us (mmdet's/mmseg's own
+# tools, mim). See mobileone_dense_mmengine_scope.py.
+SCOPE_PTH = 'mobileone_dense_mmengine_scope.pth'
+
+
+class BuildPyWithScopeHook(build_py):
+    """build_py that also puts ``SCOPE_PTH`` at the root of the build (site-packages once
+    installed, beside the module it imports), so wheels and editable installs both carry it."""
+
+    def run(self) -> None:
+        super().run()
+        target = self.build_lib
+        if getattr(self, 'editable_mode', False):
+            # setuptools' editable_wheel ignores build_lib; the files of the editable wheel are
+            # those written where `install` points (setuptools >= 64)
+            target = self.get_finalized_command('install').install_lib
+        self.copy_file(osp.join(ROOT, SCOPE_PTH), osp.join(target, SCOPE_PTH))
+
+    def get_outputs(self, include_bytecode: bool = True) -> list:
+        return super().get_outputs(include_bytecode) + [osp.join(self.build_lib, SCOPE_PTH)]
 
 
 def ship_configs() -> None:
@@ -46,6 +68,8 @@ setup(
     version='0.1.0',
     description='MobileOne backbones for detection, segmentation and classification in OpenMMLab',
     packages=find_packages(include=['mobileone_dense', 'mobileone_dense.*']),
+    py_modules=['mobileone_dense_mmengine_scope'],
+    cmdclass={'build_py': BuildPyWithScopeHook},
     package_data={'mobileone_dense': config_files()},
     include_package_data=False,
     python_requires='>=3.9',

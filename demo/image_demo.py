@@ -4,7 +4,8 @@
 
 The model is fused (re-parameterized) before inference. Any image size, grayscale, RGBA and
 16-bit images are accepted. Detection configs draw boxes, labels and scores; segmentation
-configs a colour overlay with a legend of the classes present (PNG).
+configs a colour overlay with a legend of the classes present; classification configs the
+top-5 classes and their scores (PNG). ``--device cuda:0`` runs on a GPU.
 """
 import argparse
 import os.path as osp

@@ -27,7 +27,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--work-dir', default='work_dirs/quickstart')
     parser.add_argument('--iters', type=int, default=180, help='training iterations')
-    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--input-size', type=int, default=256,
+                        help='square input size for training, validation and test (pixels)')
     args = parser.parse_args(argv)
     start = time.time()
     work_dir = osp.abspath(args.work_dir)
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     print(f'[quickstart] data: {data_root} (32 train / 8 val images, COCO format)', flush=True)
 
     cfg = quickstart_config(data_root, work_dir, max_iters=args.iters,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, input_size=args.input_size)
     runner = Runner.from_cfg(cfg)
     runner.logger.setLevel(logging.INFO)
     print(f'[quickstart] training SSDLite-MobileOne-S0 for {args.iters} iterations on the CPU '

@@ -1,5 +1,5 @@
 """MobileOne backbones for dense prediction (mmdet, mmseg) and classification (mmpretrain)."""
-from mmengine.config.utils import MODULE2PACKAGE
+from mobileone_dense_mmengine_scope import install as _register_config_scope
 
 from . import datasets  # noqa: F401  (registers our datasets and transforms)
 from .engine import ReparameterizeHook
@@ -7,10 +7,9 @@ from .models import MobileOne, MobileOneBlock, reparameterize
 
 __version__ = '0.1.0'
 
-# mmengine resolves ``pkg::folder/file.py`` config bases only for packages in this table; adding
-# ours lets user configs inherit ``mobileone_dense::configs/<name>.py`` once this package is
-# imported (our tools import it before reading any config; add
-# ``custom_imports=dict(imports=['mobileone_dense'])`` for mmdet/mmseg tools).
-MODULE2PACKAGE.setdefault('mobileone_dense', 'mobileone_dense')
+# mmengine resolves ``pkg::folder/file.py`` config bases only for the packages in its
+# MODULE2PACKAGE table. Installed, the .pth beside that module adds us at start-up in every
+# process (mmdet's/mmseg's own tools too); this covers checkouts used without installing.
+_register_config_scope()
 
 __all__ = ["MobileOne", "MobileOneBlock", "ReparameterizeHook", "reparameterize", "__version__"]

@@ -22,3 +22,8 @@ DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mobileone_dense'
                     locations=['mobileone_dense.datasets'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mobileone_dense',
                       locations=['mobileone_dense.datasets'])
+# Functions that load pretrained weights into our models. The converters package (checkpoint
+# reading, conversion of public weights) registers them; the models, a layer below it, look
+# them up here instead of importing it (``MobileOne.init_weights``).
+WEIGHT_LOADERS = Registry('weight loader', scope='mobileone_dense',
+                          locations=['mobileone_dense.converters'])

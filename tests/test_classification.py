@@ -20,6 +20,9 @@ from mobileone_dense.datasets.synthetic_imagenet import make_imagenet_folder
 from mobileone_dense.datasets.transforms import ScaledAutoAugment
 from mobileone_dense.models import stage_channels
 
+from trained_runs import (LEARN_CURRICULUM, LEARN_EPOCHS, generated_imagenet, hook_of,
+                          run_env, train)
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
 ARCHS = ['s0', 's1', 's2', 's3', 's4', 'mu0', 'mu1', 'mu2']
@@ -29,10 +32,6 @@ PAPER_CURRICULUM = [(0, 160, 0.3), (39, 192, 0.6), (114, 224, 1.0)]
 
 def config_path(arch):
     return osp.join(REPO, 'configs', f'mobileone_{arch}_imagenet.py')
-
-
-def hook_of(cfg, name):
-    return next(h for h in cfg.custom_hooks if h.type.split('.')[-1] == name)
 
 
 def find(pipeline, name):
@@ -194,81 +193,18 @@ def test_scaled_autoaugment_output():
 E2E_EPOCHS = 6
 # Table 15's three stages, scaled down: 0-based epochs 0-1 / 2-3 / 4-5, 32 / 40 / 48 px
 E2E_CURRICULUM = [(0, 32, 0.3), (2, 40, 0.6), (4, 48, 1.0)]
-EVAL_SIZE = 48
-LEARN_EPOCHS = 10
-LEARN_CURRICULUM = [(0, 32, 0.3), (4, 40, 0.6), (6, 48, 1.0)]
-
-
-def run_env():
-    """Environment of the tool runs: the probe importable; one intra-op thread, because the
-    runs' data loader workers share the two cores and OpenMP's two threads then stall each other
-    (measured here: a training step 10-15x slower)."""
-    return dict(os.environ, OMP_NUM_THREADS='1',
-                PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]))
-
-
-def train(arch, root, data, max_epochs, curriculum, batch_size, split_at=None, ema_momentum=None,
-          lr=None):
-    """The real config, with only data paths, epochs (schedulers and curriculum scaled with
-    `set_imagenet_schedule`), image sizes and batch size changed, and a probe hook added;
-    trained by tools/train.py, with a resume after `split_at` epochs when given."""
-    cfg = Config.fromfile(config_path(arch))
-    set_imagenet_schedule(cfg, max_epochs=max_epochs, curriculum=curriculum, eval_size=EVAL_SIZE)
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = data
-        cfg[loader].batch_size = batch_size
-    if ema_momentum is not None:
-        hook_of(cfg, 'EMAHook').momentum = ema_momentum
-    if lr is not None:
-        cfg.optim_wrapper.optimizer.lr = lr
-    probe_file = str(root / 'probe.jsonl')
-    cfg.custom_imports.imports = list(cfg.custom_imports.imports) + ['classification_probe']
-    cfg.custom_hooks.append(dict(type='ClassificationProbeHook', out_file=probe_file))
-    cfg.randomness = dict(seed=0)
-    config = str(root / f'mobileone_{arch}_imagenet.py')
-    cfg.dump(config)
-    work_dir = str(root / 'work')
-    env = run_env()
-    logs = ''
-    runs = [['--cfg-options', f'train_cfg.max_epochs={split_at}'], ['--resume']] \
-        if split_at else [[]]
-    for extra in runs:
-        result = subprocess.run(
-            [sys.executable, osp.join(REPO, 'tools', 'train.py'), config, '--work-dir',
-             work_dir, *extra], capture_output=True, text=True, timeout=600, cwd=str(root),
-            env=env)
-        logs += result.stdout + result.stderr
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    with open(probe_file) as f:
-        records = [json.loads(line) for line in f]
-    return dict(config=config, work_dir=work_dir, records=records, logs=logs, cfg=cfg)
 
 
 def stage_at(curriculum, epoch):
     return [s for s in curriculum if s[0] <= epoch][-1]
 
 
-def generated_imagenet(tmp_path_factory, train_per_class):
-    return make_imagenet_folder(str(tmp_path_factory.mktemp('imagenet')), num_classes=4,
-                                train_per_class=train_per_class, val_per_class=6, size=56)['root']
-
-
 @pytest.fixture(scope='module')
 def s2_run(tmp_path_factory):
     """S2 (AutoAugment): 6 epochs, stopped after 3 (inside stage 2) and resumed."""
-    return train('s2', tmp_path_factory.mktemp('s2'), generated_imagenet(tmp_path_factory, 16),
+    root = tmp_path_factory.mktemp('s2')
+    return train('s2', root, generated_imagenet(str(root), 16),
                  E2E_EPOCHS, E2E_CURRICULUM, batch_size=16, split_at=3)
-
-
-@pytest.fixture(scope='module')
-def s0_run(tmp_path_factory):
-    """S0 learning run (80 steps of 16 images). Two changes, only here: EMA momentum 0.2
-    instead of 5e-4 (the paper's 0.9995 decay would keep the averaged weights at their
-    initialization for thousands of steps), and lr 0.03: the config's 0.1 is for 256 images per
-    step after a 5-epoch warm-up; at 16 per step with a 1-epoch (8-step) warm-up it diverges, and
-    the linearly scaled 0.00625 (`--auto-scale-lr`) is too slow for 80 steps (both measured)."""
-    return train('s0', tmp_path_factory.mktemp('s0'), generated_imagenet(tmp_path_factory, 32),
-                 LEARN_EPOCHS, LEARN_CURRICULUM, batch_size=16, ema_momentum=0.2, lr=0.03)
 
 
 def check_curriculum(records, curriculum, max_epochs, autoaugment):
@@ -303,27 +239,28 @@ def test_s2_curriculum_switches_size_and_strength_across_resume(s2_run):
     assert s2_run['logs'].count('Switch train pipeline at epoch') == 2  # epochs 3 and 5 (1-based)
 
 
-def test_weight_decay_follows_the_cosine_at_each_epoch(s0_run, s2_run):
-    check_weight_decay(s0_run['records'], LEARN_EPOCHS)
+def test_weight_decay_follows_the_cosine_at_each_epoch(learned_classifier, s2_run):
+    check_weight_decay(learned_classifier['records'], LEARN_EPOCHS)
     check_weight_decay(s2_run['records'], E2E_EPOCHS)  # across the resume too
 
 
-def test_s0_curriculum_switches_size(s0_run):
-    check_curriculum(s0_run['records'], LEARN_CURRICULUM, LEARN_EPOCHS, autoaugment=False)
+def test_s0_curriculum_switches_size(learned_classifier):
+    check_curriculum(learned_classifier['records'], LEARN_CURRICULUM, LEARN_EPOCHS,
+                     autoaugment=False)
 
 
-def test_s0_learns_and_the_untrained_model_does_not(s0_run):
-    records = s0_run['records']
+def test_s0_learns_and_the_untrained_model_does_not(learned_classifier):
+    records = learned_classifier['records']
     assert all(r['fused'] for r in records if r['event'] == 'val_model')
     top1 = [r['metrics']['accuracy/top1'] for r in records if r['event'] == 'val']
     assert len(top1) == LEARN_EPOCHS
     assert top1[-1] >= 90.0, f'fused EMA top-1 per epoch: {top1}'
-    assert 'ReparameterizeHook: fused vs unfused model' in s0_run['logs']
+    assert 'ReparameterizeHook: fused vs unfused model' in learned_classifier['logs']
     # the same config and data, untrained
     from mmengine.runner import Runner
-    cfg = Config.fromfile(s0_run['config'])
+    cfg = Config.fromfile(learned_classifier['config'])
     cfg.custom_hooks = [h for h in cfg.custom_hooks if 'Probe' not in h.type]
-    cfg.work_dir = osp.join(osp.dirname(s0_run['config']), 'untrained')
+    cfg.work_dir = osp.join(osp.dirname(learned_classifier['config']), 'untrained')
     cfg.log_level = 'WARNING'
     cfg.val_dataloader.num_workers = 0
     # mmengine 0.10.7's CheckpointHook(save_best=...) needs a training run (its file backend is
@@ -338,31 +275,27 @@ def last_checkpoint(work_dir):
         return f.read().strip()
 
 
-def downstream_configs():
-    configs = ['ssdlite_mobileone_s0_coco.py', 'deeplabv3_mobileone_s0_voc.py']
-    return [pytest.param(name, marks=pytest.mark.skipif(
-        not osp.isfile(osp.join(REPO, 'configs', name)), reason=f'configs/{name} not written yet'))
-        for name in configs]
 
 
 @pytest.fixture(scope='module')
-def extracted(s0_run, tmp_path_factory):
+def extracted(learned_classifier, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('extracted') / 's0_imagenet.pth')
     result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'extract_backbone.py'),
-                             last_checkpoint(s0_run['work_dir']), out, '--keep-head'],
+                             last_checkpoint(learned_classifier['work_dir']), out, '--keep-head'],
                             capture_output=True, text=True, timeout=300, env=run_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'MobileOne-s0 ema weights' in result.stdout
     return out
 
 
-@pytest.mark.parametrize('config', downstream_configs())
+@pytest.mark.parametrize('config', ['ssdlite_mobileone_s0_coco.py',
+                                    'deeplabv3_mobileone_s0_voc.py'])
 @pytest.mark.parametrize('source', ['training checkpoint', 'extracted'])
-def test_imagenet_weights_initialize_downstream_backbones(s0_run, extracted, config, source):
+def test_imagenet_weights_initialize_downstream_backbones(learned_classifier, extracted, config, source):
     from mobileone_dense.converters import load_checkpoint_file
-    checkpoint = last_checkpoint(s0_run['work_dir']) if source == 'training checkpoint' \
+    checkpoint = last_checkpoint(learned_classifier['work_dir']) if source == 'training checkpoint' \
         else extracted
-    ema = load_checkpoint_file(last_checkpoint(s0_run['work_dir']), run_checkpoint=True)
+    ema = load_checkpoint_file(last_checkpoint(learned_classifier['work_dir']), run_checkpoint=True)
     assert 'ema_state_dict' in ema
     expected = {k[len('backbone.'):]: v for k, v in ema['state_dict'].items()
                 if k.startswith('backbone.')}
@@ -376,18 +309,18 @@ def test_imagenet_weights_initialize_downstream_backbones(s0_run, extracted, con
     assert all(torch.equal(state[k], expected[k]) for k in expected), 'not the EMA weights'
 
 
-def test_extracted_checkpoint_evaluates_like_the_run(s0_run, extracted, tmp_path):
+def test_extracted_checkpoint_evaluates_like_the_run(learned_classifier, extracted, tmp_path):
     weights = torch.load(extracted, weights_only=True)  # no allowlist needed
     assert weights['meta']['arch'] == 's0' and weights['meta']['weights'] == 'ema'
     assert {k.split('.')[0] for k in weights['state_dict']} == {'backbone', 'head'}
     result = subprocess.run(
-        [sys.executable, osp.join(REPO, 'tools', 'test.py'), s0_run['config'], extracted,
+        [sys.executable, osp.join(REPO, 'tools', 'test.py'), learned_classifier['config'], extracted,
          '--work-dir', str(tmp_path)], capture_output=True, text=True, timeout=300,
         env=run_env())
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     top1 = float(out.split('accuracy/top1:')[1].split()[0])
-    last_val = [r for r in s0_run['records'] if r['event'] == 'val'][-1]
+    last_val = [r for r in learned_classifier['records'] if r['event'] == 'val'][-1]
     assert top1 == pytest.approx(last_val['metrics']['accuracy/top1'], abs=1e-3)
 
 

@@ -183,8 +183,13 @@ def test_mismatched_weights_fail_loudly(tmp_path):
         fused_model.init_weights()
     fused_path = tmp_path / 's1_fused.pth'
     torch.save(reparameterize(MobileOne('s1')).state_dict(), fused_path)
+    # fused weights initialize an unfused backbone through Pretrained (fine-tuning from a deploy
+    # checkpoint, tests/test_finetune_from_fused.py); a strict load of them names deploy=True
+    unfused = MobileOne('s1', init_cfg=dict(type='Pretrained', checkpoint=str(fused_path)))
+    unfused.init_weights()
+    assert not unfused.deploy
     with pytest.raises(ValueError, match='deploy=True'):
-        MobileOne('s1', init_cfg=dict(type='Pretrained', checkpoint=str(fused_path))).init_weights()
+        load_weights_strictly(MobileOne('s1'), torch.load(fused_path))
     s0_path = tmp_path / 's0.pth'
     torch.save(MobileOne('s0').state_dict(), s0_path)  # k=4 branches vs k=1: key mismatch
     with pytest.raises(ValueError, match='missing keys|size mismatch'):

@@ -27,11 +27,11 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from mobileone_dense.apis.classification import set_imagenet_schedule
-from mobileone_dense.datasets import make_coco_shapes, make_voc_shapes
-from mobileone_dense.datasets.synthetic_imagenet import make_imagenet_folder
 from mobileone_dense.engine.distributed import setup_cpu_distributed, sync_bn_keys
 from mobileone_dense.engine.launch import load_config
+
+from short_configs import (short_classification_config, short_detection_config,
+                           short_segmentation_config)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
@@ -164,18 +164,8 @@ def train_and_check(tmp_path, config, checkpoints, deploy_config, two_nodes=Fals
 
 
 def test_detection_two_processes(tmp_path):
-    data = str(tmp_path / 'coco') + '/'
-    make_coco_shapes(data, num_train=8, num_val=NUM_VAL, image_size=(64, 64))
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'ssdlite_mobileone_s0_coco.py'))
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = data
-        for transform in cfg[loader].dataset.pipeline:
-            if transform['type'].endswith('Resize'):
-                transform['scale'] = (96, 96)  # the config's 320 x 320, smaller
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        cfg[evaluator].ann_file = data + 'annotations/instances_val2017.json'
-    cfg.train_cfg.update(max_epochs=1, val_interval=1)  # 8 images / (2 ranks x 2) = 2 steps
-    cfg.model.test_cfg.score_thr = 0.0  # keep the untrained model's boxes: a non-zero mAP
+    # 8 images / (2 ranks x 2) = 2 steps
+    cfg = short_detection_config(str(tmp_path), num_train=8, num_val=NUM_VAL)
     config = finish(cfg, tmp_path, 'ssdlite_mobileone_s0_coco')
     records, single, _ = train_and_check(tmp_path, config,
                                          ['epoch_1.pth', 'epoch_1_deploy.pth'],
@@ -184,21 +174,7 @@ def test_detection_two_processes(tmp_path):
 
 
 def test_segmentation_two_processes_keep_syncbn(tmp_path):
-    voc = make_voc_shapes(str(tmp_path / 'VOCdevkit'), num_train=2, num_aug=2,
-                          num_val=NUM_VAL, image_size=(64, 64))
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplabv3_mobileone_s0_voc.py'))
-    datasets = cfg.train_dataloader.dataset.datasets + [cfg.val_dataloader.dataset,
-                                                         cfg.test_dataloader.dataset]
-    for dataset in datasets:
-        dataset.data_root = voc
-        for transform in dataset.pipeline:
-            if transform['type'].endswith('Resize'):
-                transform['scale'] = (128, 64)
-            elif transform['type'].endswith('RandomCrop'):
-                transform['crop_size'] = (64, 64)
-    cfg.model.data_preprocessor.size = (64, 64)
-    cfg.train_cfg.update(max_iters=2, val_interval=2)
-    cfg.default_hooks.checkpoint.interval = 2
+    cfg = short_segmentation_config(str(tmp_path), max_iters=2, num_val=NUM_VAL)
     cfg.model_wrapper_cfg = dict(type='CPUSyncBNDistributedDataParallel',
                                  broadcast_buffers=False, find_unused_parameters=False)
     # 2 steps: a larger lr and EMA momentum than the recipe's, so the validated (EMA) model
@@ -215,20 +191,9 @@ def test_segmentation_two_processes_keep_syncbn(tmp_path):
 
 
 def test_classification_two_processes(tmp_path):
-    data = make_imagenet_folder(str(tmp_path / 'imagenet'), num_classes=NUM_VAL,
-                                train_per_class=1, val_per_class=1, size=40)['root']
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'mobileone_s0_imagenet.py'))
-    # 5 classes (of 1000, an untrained model gets top-1 = top-5 = 0)
-    cfg.model.head.num_classes = NUM_VAL
-    classes = tuple(sorted(os.listdir(osp.join(data, 'train'))))
-    # 2 epochs (warm-up, then cosine), validated and saved after the second; 5 images: one step
-    # of 2 per rank and epoch (drop_last: no batch of 1 for BN)
-    set_imagenet_schedule(cfg, max_epochs=2, curriculum=[(0, 32, 0.3)], eval_size=32)
-    cfg.train_cfg.val_interval = 2
-    cfg.default_hooks.checkpoint.interval = 2
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.update(data_root=data, metainfo=dict(classes=classes))
-    cfg.train_dataloader.drop_last = True
+    # 5 classes (of 1000, an untrained model gets top-1 = top-5 = 0); 2 epochs (warm-up, then
+    # cosine), validated and saved after the second; 5 images: one step of 2 per rank and epoch
+    cfg = short_classification_config(str(tmp_path), num_classes=NUM_VAL)
     config = finish(cfg, tmp_path, 'mobileone_s0_imagenet')
     records, single, work_dir = train_and_check(
         tmp_path, config, ['epoch_2.pth', 'best_accuracy_top1_epoch_2.pth', 'epoch_2_deploy.pth'],

@@ -1,4 +1,5 @@
 """DeepLabV3-MobileOne: configs, the COCO->VOC dataset, train/val/test end to end, demo, learning."""
+import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -14,10 +15,14 @@ from PIL import Image
 
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.datasets import make_ade20k_shapes, make_voc_shapes
-from mobileone_dense.engine.hooks.reparameterize_hook import has_branches
 from mobileone_dense.models import stage_channels
 
+from trained_runs import learning_config, run_tool, miou_printed_by
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location('image_demo', osp.join(REPO, 'demo', 'image_demo.py'))
+image_demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(image_demo)
 ARCHS = ['s0', 's1', 's2', 's3', 's4']
 DATASETS = ['voc', 'ade20k', 'voc_coco']
 
@@ -295,81 +300,74 @@ def test_generated_voc_and_ade20k_layouts(tmp_path):
 
 
 # -- end to end through the tools ----------------------------------------------------------
-def run_tool(*args, timeout=900):
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    return result.stdout + result.stderr
-
-
-def data_options(dataset, root):
-    if dataset == 'voc':
-        voc = make_voc_shapes(osp.join(root, 'VOCdevkit'), num_train=2, num_aug=2, num_val=2)
-        return [f'train_dataloader.dataset.datasets.0.data_root={voc}',
-                f'train_dataloader.dataset.datasets.1.data_root={voc}',
-                f'val_dataloader.dataset.data_root={voc}',
-                f'test_dataloader.dataset.data_root={voc}']
-    ade = make_ade20k_shapes(osp.join(root, 'ADEChallengeData2016'), num_train=4, num_val=2)
-    return [f'{loader}.dataset.data_root={ade}'
-            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-
-
-@pytest.fixture(scope='module', params=['voc', 'ade20k'])
-def trained_segmentor(request, tmp_path_factory):
-    """The real S0 config, only data paths, iterations and batch size overridden."""
-    dataset = request.param
-    root = str(tmp_path_factory.mktemp(f'seg_{dataset}'))
-    options = data_options(dataset, root) + [
-        'train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'train_dataloader.batch_size=2']
-    work_dir = osp.join(root, 'work')
-    log = run_tool(osp.join(REPO, 'tools', 'train.py'), config_path('s0', dataset),
-                   '--work-dir', work_dir, '--cfg-options', *options)
-    return dataset, root, work_dir, options, log
-
-
-def test_train_validates_the_fused_model_and_writes_deploy_files(trained_segmentor):
-    dataset, _, work_dir, _, log = trained_segmentor
-    assert 'Iter(val) [2/2]' in log and 'mIoU' in log
+def test_train_validates_the_fused_model_and_writes_deploy_files(learned_segmentor):
+    work_dir, log, last = (learned_segmentor[k] for k in ('work_dir', 'log', 'last'))
+    assert f'Iter(val) [8/8]' in log and 'mIoU' in log
     assert 'ReparameterizeHook: fused vs unfused model on a validation batch' in log
-    assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
-    assert osp.isfile(osp.join(work_dir, 'iter_2_deploy.pth'))
-    deploy_config = Config.fromfile(
-        osp.join(work_dir, f'deeplabv3_mobileone_s0_{dataset}_deploy.py'))
+    assert osp.isfile(osp.join(work_dir, f'{last}.pth'))
+    assert osp.isfile(osp.join(work_dir, f'{last}_deploy.pth'))
+    deploy_config = Config.fromfile(osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'))
     assert deploy_config.model.backbone.deploy is True
 
 
-def test_test_tool_with_training_and_deploy_checkpoints(trained_segmentor):
-    dataset, root, work_dir, options, _ = trained_segmentor
-    scores = []
-    for config, checkpoint in [
-            (config_path('s0', dataset), osp.join(work_dir, 'iter_2.pth')),
-            (osp.join(work_dir, f'deeplabv3_mobileone_s0_{dataset}_deploy.py'),
-             osp.join(work_dir, 'iter_2_deploy.pth'))]:
-        out = run_tool(osp.join(REPO, 'tools', 'test.py'), config, checkpoint,
-                       '--work-dir', osp.join(root, 'test'), '--cfg-options', *options)
+def test_test_tool_with_training_and_deploy_checkpoints(learned_segmentor):
+    tests = learned_segmentor['tests']
+    for out in tests.values():
         assert 'testing the re-parameterized (fused) model' in out or 'nothing to do' in out
-        line = next(l for l in out.splitlines() if 'mIoU:' in l and 'Iter(test)' in l)
-        scores.append(float(line.split('mIoU:')[1].split()[0]))
     # the fused training checkpoint (EMA weights) and the deploy checkpoint are the same model
-    assert scores[0] == pytest.approx(scores[1], abs=0.01)
+    assert miou_printed_by(tests['training']) == pytest.approx(miou_printed_by(tests['deploy']),
+                                                               abs=0.01)
+
+
+def test_deeplabv3_s0_learns_the_generated_shapes(learned_segmentor, tmp_path):
+    """Trained (with branches), the fused deploy model segments the shapes; untrained, the same
+    config does not."""
+    from mobileone_dense.engine import Runner
+    assert miou_printed_by(learned_segmentor['tests']['deploy']) >= 60
+    cfg = learning_config(learned_segmentor['voc'], str(tmp_path))
+    cfg.log_level = 'WARNING'
+    untrained = Runner.from_cfg(cfg).val()
+    assert untrained['mIoU'] < 60, untrained
+
+
+def test_ade20k_config_trains_and_tests(tmp_path):
+    """The ADE20K config (150 classes, reduce_zero_label) through tools/train.py and
+    tools/test.py, on generated ADE20K data at 64 px."""
+    ade = make_ade20k_shapes(str(tmp_path / 'ADEChallengeData2016'), num_train=4, num_val=2,
+                             image_size=(64, 64))
+    options = [f'{loader}.dataset.data_root={ade}'
+               for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    options += ['train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+                'train_dataloader.persistent_workers=False', 'train_cfg.max_iters=2',
+                'train_cfg.val_interval=2', 'model.data_preprocessor.size=(64,64)',
+                'train_dataloader.dataset.pipeline.2.scale=(128,64)',
+                'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+                'val_dataloader.dataset.pipeline.1.scale=(128,64)',
+                'test_dataloader.dataset.pipeline.1.scale=(128,64)']
+    work_dir = str(tmp_path / 'work')
+    log = run_tool(osp.join(REPO, 'tools', 'train.py'), config_path('s0', 'ade20k'),
+                   '--work-dir', work_dir, '--cfg-options', *options)
+    assert 'ReparameterizeHook: fused vs unfused model on a validation batch' in log
+    out = run_tool(osp.join(REPO, 'tools', 'test.py'),
+                   osp.join(work_dir, 'deeplabv3_mobileone_s0_ade20k_deploy.py'),
+                   osp.join(work_dir, 'iter_2_deploy.pth'), '--work-dir', str(tmp_path / 'test'))
+    assert 0 <= miou_printed_by(out) <= 100
 
 
 @pytest.mark.parametrize('kind', ['color', 'gray', 'tiny'])
-def test_demo_draws_an_overlay_with_a_legend(trained_segmentor, tmp_path, kind):
-    dataset, root, work_dir, _, _ = trained_segmentor
-    if dataset != 'voc':
-        pytest.skip('one dataset is enough for the demo')
-    voc = osp.join(root, 'VOCdevkit', 'VOC2012')
+def test_demo_draws_an_overlay_with_a_legend(learned_segmentor, tmp_path, capsys, kind):
+    voc = osp.join(learned_segmentor['voc'])
     name = open(osp.join(voc, 'ImageSets', 'Segmentation', 'val.txt')).read().split()[0]
     image = cv2.imread(osp.join(voc, 'JPEGImages', name + '.jpg'))
     path = str(tmp_path / f'{kind}.png')
     cv2.imwrite(path, {'color': image, 'gray': cv2.cvtColor(image, cv2.COLOR_BGR2GRAY),
                        'tiny': image[:1, :1]}[kind])
     out = str(tmp_path / 'out' / f'{kind}_seg.png')
-    stdout = run_tool(osp.join(REPO, 'demo', 'image_demo.py'), path,
-                      osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'),
-                      osp.join(work_dir, 'iter_2_deploy.pth'), '--out-file', out, timeout=300)
-    assert 'classes:' in stdout
+    work_dir = learned_segmentor['work_dir']
+    assert image_demo.main([path, osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'),
+                            osp.join(work_dir, f'{learned_segmentor["last"]}_deploy.pth'),
+                            '--out-file', out]) == 0
+    assert 'classes:' in capsys.readouterr().out
     drawn = cv2.imread(out)
     height, width = cv2.imread(path).shape[:2]
     assert drawn.shape[0] >= height and drawn.shape[1] > width  # image + legend panel
@@ -388,58 +386,3 @@ def test_draw_segmentation_legend_lists_present_classes():
     # half image, half palette colour (RGB (0, 0, 255) is BGR (255, 0, 0))
     np.testing.assert_array_equal(drawing[0, 0], [177, 50, 50])
     assert drawing.shape == (66, 60 + 220, 3)  # legend panel: 2 entries and a margin
-
-
-# -- learning --------------------------------------------------------------------------------
-LEARNING_ITERS = 120
-
-
-def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128, lr=2e-3):
-    """The real S0 VOC config on small images: small crops, batch 8, higher lr, short schedule."""
-    cfg = Config.fromfile(config_path('s0', 'voc'))
-    crop = (crop_size, crop_size)
-    cfg.model.data_preprocessor.size = crop
-    for dataset in cfg.train_dataloader.dataset.datasets:
-        dataset.data_root = voc_root
-        dataset.pipeline[2].scale = (2 * crop_size, crop_size)
-        dataset.pipeline[2].ratio_range = (0.75, 1.5)
-        dataset.pipeline[3].crop_size = crop
-    for loader in ('val_dataloader', 'test_dataloader'):
-        cfg[loader].dataset.data_root = voc_root
-        cfg[loader].dataset.pipeline[1].scale = (2 * crop_size, crop_size)
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
-    cfg.train_dataloader.batch_size = 8
-    # data loading in the main process: worker processes would take the cores from the
-    # model's OpenMP threads, which then wait for each other (several times slower on 2 cores)
-    cfg.train_dataloader.num_workers = 0
-    cfg.train_dataloader.persistent_workers = False
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-    cfg.optim_wrapper.optimizer.lr = lr
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
-        dict(type='CosineAnnealingLR', by_epoch=False, begin=10, end=max_iters,
-             eta_min_ratio=0.01)]
-    # a 5e-4 EMA averages over ~2000 iterations: over 120 it would keep the initial weights
-    next(h for h in cfg.custom_hooks if h.type == 'EMAHook').momentum = 0.05
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)
-    cfg.default_hooks.logger = dict(type='LoggerHook', interval=20)
-    cfg.default_hooks.visualization = dict(type='SegVisualizationHook')
-    cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=0)
-    cfg.log_level = 'WARNING'
-    return cfg
-
-
-def test_deeplabv3_s0_learns_the_generated_shapes(tmp_path):
-    from mobileone_dense.engine import Runner
-    voc = make_voc_shapes(str(tmp_path / 'VOCdevkit'), num_train=24, num_aug=8, num_val=8,
-                          image_size=(128, 128), seed=1)
-    untrained = Runner.from_cfg(learning_config(voc, str(tmp_path / 'untrained'))).val()
-    assert untrained['mIoU'] < 60, untrained
-    runner = Runner.from_cfg(learning_config(voc, str(tmp_path / 'trained')))
-    runner.train()
-    assert has_branches(runner.model)  # trained with branches ...
-    metrics = runner.test()
-    assert not has_branches(runner.model)  # ... tested fused
-    assert metrics['mIoU'] >= 60, metrics

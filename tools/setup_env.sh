@@ -2,8 +2,10 @@
 # Create/refresh the project environment in .venv/ (idempotent).
 #
 # - torch/torchvision and the OpenMMLab stack pinned in requirements.txt;
-# - mmcv 2.1.0 built from its sdist with CPU ops (C++20 for torch 2.14 headers), the built wheel
-#   cached under ~/.cache/mobileone_dense/wheels/<torch>-<python>/ so later setups take minutes;
+# - on a machine with an NVIDIA GPU, a check that this torch can use it (tools/gpu_preflight.py);
+# - mmcv 2.1.0 built from its sdist with CPU ops (tools/build_mmcv.sh; about 13-23 minutes on 2
+#   cores), the wheel cached under ~/.cache/mobileone_dense/wheels/<torch>-<python>/ so later
+#   setups take minutes;
 # - this package installed editable;
 # - setuptools pinned last (some installs upgrade it behind our back).
 # A stamp file records the hash of the inputs: a second run with nothing changed returns at once.
@@ -20,7 +22,7 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 stamp_inputs() {
   cat "$ROOT/requirements.txt" "$ROOT/requirements-build.txt" "$ROOT/tools/setup_env.sh" \
-      "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+      "$ROOT/tools/build_mmcv.sh" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.mobileone_dense_env"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_inputs)" ]] \
@@ -42,54 +44,16 @@ log "installing build tools, torch and torchvision (torch comes from local disk,
 pipq install -q wheel -r "$ROOT/requirements-build.txt"
 pipq install -q "torch==2.14.1" "torchvision==0.29.1" numpy -r "$ROOT/requirements-build.txt"
 
+# A GPU machine whose driver cannot run this torch build would otherwise train on the CPU.
+"$PY" "$ROOT/tools/gpu_preflight.py"
+
 TORCH_VER="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
 PY_TAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 WHEEL_DIR="$CACHE_ROOT/wheels/torch${TORCH_VER}-${PY_TAG}"
-mkdir -p "$WHEEL_DIR"
 
 if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
-  WHEEL="$(ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
-  if [[ -z "$WHEEL" ]]; then
-    log "no cached mmcv $MMCV_VERSION wheel for torch $TORCH_VER/$PY_TAG: building from sdist (~18 min on 2 cores)"
-    pipq install -q "mmengine==0.10.7" ninja
-    BUILD="$(mktemp -d)"
-    trap 'rm -rf "$BUILD"' EXIT
-    pipq download -q --no-deps --no-binary :all: --no-build-isolation \
-      "mmcv==$MMCV_VERSION" -d "$BUILD"
-    tar -xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
-    SRC="$BUILD/mmcv-$MMCV_VERSION"
-    # mmcv 2.1.0 hard-codes -std=c++17; torch 2.14 headers need C++20.
-    sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
-    grep -q -- '-std=c++20' "$SRC/setup.py" || { echo "could not raise mmcv's C++ standard" >&2; exit 1; }
-    TOTAL="$(find "$SRC/mmcv/ops/csrc/pytorch" -name '*.cpp' -not -path '*/cuda/*' -not -path '*/mlu/*' \
-             -not -path '*/npu/*' -not -path '*/mps/*' | wc -l)"
-    (
-      cd "$SRC"
-      MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD/dist" . >"$BUILD/build.log" 2>&1
-    ) &
-    BUILD_PID=$!
-    START=$SECONDS
-    while kill -0 "$BUILD_PID" 2>/dev/null; do
-      sleep 30
-      DONE="$(find "$SRC" -maxdepth 9 -name '*.o' -newer "$SRC/setup.py" 2>/dev/null | wc -l)"
-      log "building mmcv: $(( (SECONDS - START) / 60 )) min elapsed, ~${DONE}/${TOTAL} C++ sources compiled"
-    done
-    if ! wait "$BUILD_PID"; then
-      tail -n 60 "$BUILD/build.log" >&2
-      echo "mmcv build failed (full log above: $BUILD/build.log)" >&2
-      trap - EXIT
-      exit 1
-    fi
-    WHEEL_BUILT="$(ls "$BUILD"/dist/mmcv-*.whl | head -n1)"
-    # Copy then rename: a concurrent or interrupted setup never sees a half-written wheel.
-    cp "$WHEEL_BUILT" "$WHEEL_DIR/.partial.whl"
-    mv "$WHEEL_DIR/.partial.whl" "$WHEEL_DIR/$(basename "$WHEEL_BUILT")"
-    WHEEL="$WHEEL_DIR/$(basename "$WHEEL_BUILT")"
-    log "mmcv built in $(( (SECONDS - START) / 60 )) min, cached at $WHEEL"
-  else
-    log "using cached mmcv wheel $WHEEL"
-  fi
+  pipq install -q "mmengine==0.10.7" ninja
+  WHEEL="$(bash "$ROOT/tools/build_mmcv.sh" "$PY" "$WHEEL_DIR" | tail -n1)"
   pipq install -q --no-deps "$WHEEL"
   pipq install -q "mmengine==0.10.7" addict packaging Pillow pyyaml yapf opencv-python
 fi

@@ -1,6 +1,7 @@
 """Test a checkpoint of any mobileone_dense config; the model is fused before testing.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+        [--cfg-options k=v ...]
 """
 import argparse
 import os.path as osp
@@ -8,6 +9,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mobileone_dense  # noqa: E402,F401
+from mmengine.evaluator import DumpResults  # noqa: E402
 from mobileone_dense.errors import InputError  # noqa: E402
 from mobileone_dense.engine.launch import (add_common_arguments, build_runner,  # noqa: E402
                                            load_config, parse_common_arguments)
@@ -17,8 +19,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a model')
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file (fused or not, as the config says)')
+    parser.add_argument('--out', help='also dump every prediction to this .pkl file (mmengine '
+                        "DumpResults: one dict per image, e.g. pred_instances' bboxes/scores/labels)")
     add_common_arguments(parser)
-    return parse_common_arguments(parser)
+    args = parse_common_arguments(parser)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out must name a .pkl or .pickle file, got {args.out!r}')
+    return args
 
 
 def main() -> None:
@@ -29,6 +36,8 @@ def main() -> None:
     cfg.load_from = args.checkpoint
     cfg.resume = False
     runner = build_runner(cfg, mode='test')  # checks data and checkpoint first
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     runner.test()
 
 

@@ -31,6 +31,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..apis import build_model_from_config
+from ..apis.onnx_export import export_onnx, onnx_session, require_onnx
+from ..apis.quickstart import PACKAGE_CONFIGS
 from ..models.mobileone import MobileOne, stage_channels
 from ..models.reparameterize import reparameterize
 from .complexity import params_and_macs
@@ -264,7 +267,6 @@ class ForwardFeatures(nn.Module):
 
 def our_config(task: str, arch: str) -> str:
     """Path of our config for ``task`` ('cls', 'det', 'seg') and ``arch``."""
-    from ..apis.quickstart import PACKAGE_CONFIGS
     return osp.join(PACKAGE_CONFIGS, OUR_CONFIGS[task].format(arch=arch))
 
 
@@ -272,7 +274,6 @@ def build_ours(task: str, arch: str) -> nn.Module:
     """Our unfused model, eval mode: the bare backbone or the config's whole model."""
     if task == 'backbone':
         return MobileOne(arch, out_indices=(3,)).eval()
-    from ..apis import build_model_from_config
     return TensorMode(build_model_from_config(our_config(task, arch))).eval()
 
 
@@ -283,8 +284,6 @@ def build_mobilenet_v2(task: str) -> nn.Module:
         model = mobilenet_v2(weights=None)
         return (model.features if task == 'backbone' else model).eval()
     from mmengine.hub import get_config
-
-    from ..apis import build_model_from_config
     if task == 'det':
         cfg = get_config(MMDET_SSDLITE_MOBILENETV2)  # 80 classes, like ours
     elif task == 'seg':
@@ -373,7 +372,6 @@ def onnx_runner(module: nn.Module, inputs: torch.Tensor, settings: BenchmarkSett
     in an onnxruntime CPU session (``intra_op_num_threads = threads``), fed a numpy copy of
     ``inputs`` made beforehand; None (and a note) if onnx/onnxruntime/the exporter is missing."""
     try:
-        from ..apis.onnx_export import export_onnx, onnx_session, require_onnx
         require_onnx()
     except ImportError as error:
         settings.notes.append(f'--onnx skipped for {label}: {error}')
@@ -387,7 +385,9 @@ def onnx_runner(module: nn.Module, inputs: torch.Tensor, settings: BenchmarkSett
         except TypeError as error:  # e.g. a bare backbone: export_onnx takes whole models
             settings.notes.append(f'--onnx skipped for {label}: {error}')
             return None
-        session = onnx_session(path, settings.threads, spin=False)  # no busy-wait between models  # loads the file: usable once deleted
+        # no busy-wait between models; the session holds the file's contents, so the file
+        # may be deleted afterwards
+        session = onnx_session(path, settings.threads, spin=False)
     feed = {session.get_inputs()[0].name: inputs.contiguous().cpu().numpy()}
     return lambda: session.run(None, feed)
 

@@ -7,6 +7,8 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
 
+from ..engine.checks import explain_registry_error
+
 
 def build_model_from_config(cfg: Union[str, Config]) -> nn.Module:
     """The config's ``model`` built in its ``default_scope`` (weights not initialized).
@@ -21,7 +23,6 @@ def build_model_from_config(cfg: Union[str, Config]) -> nn.Module:
     try:
         model = MODELS.build(cfg.model)
     except KeyError as error:  # a type= typo: name it and the closest registered names
-        from ..engine.checks import explain_registry_error
         explained = explain_registry_error(error)
         if explained is None:
             raise

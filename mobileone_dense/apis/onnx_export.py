@@ -15,7 +15,9 @@ see :func:`preprocessing_info`):
   ``(N, num_classes, H, W)`` at the input's resolution (mmseg's ``encode_decode``); argmax over
   dim 1 gives the label map.
 
-Batch, height and width are dynamic axes by default.
+Batch, height and width are dynamic axes by default. Every file carries the metadata a consumer
+without the config needs (``onnx_metadata``); ``onnx_end2end`` exports the whole prediction
+(detections after NMS, label maps, top-k) instead of the raw outputs.
 """
 import os
 import os.path as osp
@@ -26,6 +28,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..engine.deploy import max_relative_difference
+from .onnx_metadata import (export_metadata, output_descriptions,  # noqa: F401 (re-exported)
+                            preprocessing_info)
 
 INSTALL_HINT = ('pip install .[deploy]  (or: pip install onnx onnxruntime onnxscript)')
 # Default export size per task: the test pipelines' sizes of our configs.
@@ -155,7 +161,20 @@ def export_onnx(model: nn.Module, path: str, input_shape: Optional[Sequence[int]
     # The graph wrapper must be put in eval mode itself: torch 2.14's legacy exporter does not
     # switch a module that is still in training mode (a fresh wrapper is) to eval, which would
     # export BN layers in training mode.
-    graph = _OnnxGraph(model, task).eval()
+    export_module(_OnnxGraph(model, task).eval(), (dummy, ), path, ['input'], names,
+                  dynamic_axes, opset, metadata=export_metadata(
+                      model, task, 'raw', output_descriptions(names, task)))
+    return names
+
+
+def export_module(graph: nn.Module, dummies: tuple, path: str, input_names: Sequence[str],
+                  output_names: Sequence[str], dynamic_axes: Optional[dict], opset: int,
+                  metadata: Optional[Dict[str, str]] = None) -> None:
+    """Trace ``graph`` (eval mode) on ``dummies`` and write it to ``path`` as ONNX, atomically.
+
+    Static output sizes are written into the graph (see :func:`_set_static_dims`) and
+    ``metadata`` into its ``metadata_props``. The file gets the permissions ``open`` would give.
+    """
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
@@ -174,12 +193,13 @@ def export_onnx(model: nn.Module, path: str, input_shape: Optional[Sequence[int]
             # dynamo exporter takes 7-18 s per S0 model here (torch.export + onnxscript
             # optimizer) and needs explicit ranges for every dynamic dimension. Both give the
             # same outputs; the parity check below guards either way.
-            torch.onnx.export(graph, (dummy, ), tmp, dynamo=False, input_names=['input'],
-                              output_names=names, dynamic_axes=dynamic_axes,
-                              opset_version=opset, do_constant_folding=True)
+            torch.onnx.export(graph, tuple(dummies), tmp, dynamo=False,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=dynamic_axes, opset_version=opset,
+                              do_constant_folding=True)
         with torch.no_grad():
-            shapes = [o.shape for o in graph(dummy)]
-        _set_static_dims(tmp, shapes, dynamic_axes or {}, names)
+            shapes = [o.shape for o in graph(*dummies)]
+        _set_static_dims(tmp, shapes, dynamic_axes or {}, output_names, metadata or {})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
@@ -187,12 +207,12 @@ def export_onnx(model: nn.Module, path: str, input_shape: Optional[Sequence[int]
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
-    return names
 
 
 def _set_static_dims(path: str, shapes: Sequence[torch.Size], dynamic_axes: dict,
-                     names: Sequence[str]) -> None:
-    """Write the static sizes of the outputs into the graph (e.g. the classes of seg_logits).
+                     names: Sequence[str], metadata: Dict[str, str]) -> None:
+    """Write the static sizes of the outputs into the graph (e.g. the classes of seg_logits),
+    and ``metadata`` into the model's ``metadata_props``.
 
     The legacy exporter leaves a dimension symbolic as soon as an op's output size is computed
     at run time (mmseg's Resize to the input size), even where it is a constant.
@@ -206,6 +226,9 @@ def _set_static_dims(path: str, shapes: Sequence[torch.Size], dynamic_axes: dict
             if axis not in dynamic_axes.get(name, {}):
                 dims[axis].Clear()
                 dims[axis].dim_value = int(size)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
 
@@ -235,7 +258,6 @@ def check_onnx_parity(model: nn.Module, path: str,
     ``inputs``: one ``(N, 3, H, W)`` batch or several (e.g. two sizes, for dynamic axes). Per
     output, ``max|onnx - torch| / max|torch|``; the maximum over outputs and batches is returned.
     """
-    from ..engine.deploy import max_relative_difference
     session = onnx_session(path, num_threads)
     batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     errors = []
@@ -311,29 +333,3 @@ def _bbox_head(model_or_cfg: Union[nn.Module, str, Any]) -> nn.Module:
     head_cfg = cfg.model.bbox_head.copy()
     head_cfg.update(test_cfg=cfg.model.get('test_cfg'), train_cfg=None)
     return MODELS.build(head_cfg).eval()
-
-
-def preprocessing_info(model: nn.Module) -> Dict[str, Any]:
-    """How to turn a BGR uint8 image (as OpenCV/mmcv read it) into the ONNX input.
-
-    Read from the model's ``data_preprocessor``: ``bgr_to_rgb`` (reverse the channels first),
-    ``mean`` / ``std`` per channel, applied after the conversion (``None``: no normalization),
-    and ``test_padding``, how PyTorch testing pads a batch (``None``: not at all; the ONNX model
-    takes any size, so padding is optional there).
-    """
-    pre = model.data_preprocessor
-    convert = any(bool(getattr(pre, name, False))
-                  for name in ('_channel_conversion', 'channel_conversion', 'to_rgb'))
-    normalize = getattr(pre, '_enable_normalize', False)
-    padding = None
-    if (getattr(pre, 'pad_size_divisor', None) or 1) > 1:  # mmengine/mmdet/mmpretrain
-        padding = f'bottom/right to a multiple of {pre.pad_size_divisor}'
-    test_cfg = getattr(pre, 'test_cfg', None) or {}  # mmseg pads at test time only with this
-    if test_cfg.get('size') or test_cfg.get('size_divisor'):
-        padding = (f'bottom/right to {tuple(test_cfg["size"])}' if test_cfg.get('size') else
-                   f'bottom/right to a multiple of {test_cfg["size_divisor"]}')
-    return dict(
-        bgr_to_rgb=convert,
-        mean=[round(v, 4) for v in pre.mean.flatten().tolist()] if normalize else None,
-        std=[round(v, 4) for v in pre.std.flatten().tolist()] if normalize else None,
-        test_padding=padding)

@@ -9,15 +9,19 @@ import torch.nn as nn
 
 
 def model_task(model: nn.Module) -> str:
-    """'detection' or 'segmentation', from the model's class (mmdet / mmseg base classes)."""
+    """'detection', 'segmentation' or 'classification', from the model's class (mmdet / mmseg /
+    mmpretrain base classes)."""
     from mmdet.models.detectors import BaseDetector
+    from mmpretrain.models.classifiers import BaseClassifier
     from mmseg.models.segmentors import BaseSegmentor
     if isinstance(model, BaseDetector):
         return 'detection'
     if isinstance(model, BaseSegmentor):
         return 'segmentation'
+    if isinstance(model, BaseClassifier):
+        return 'classification'
     raise TypeError(f'no demo for {type(model).__name__} models: the demo handles mmdet '
-                    'detectors and mmseg segmentors')
+                    'detectors, mmseg segmentors and mmpretrain classifiers')
 
 
 def predict(model: nn.Module, image: np.ndarray) -> Any:
@@ -26,8 +30,25 @@ def predict(model: nn.Module, image: np.ndarray) -> Any:
     if task == 'detection':
         from mmdet.apis import inference_detector
         return inference_detector(model, image)
+    if task == 'classification':
+        return _classify(model, image)
     from mmseg.apis import inference_model
     return inference_model(model, image)
+
+
+def _classify(model: nn.Module, image: np.ndarray) -> Any:
+    """mmpretrain's ``ImageClassificationInferencer`` steps on an array: the config's test
+    pipeline without its file loading, then ``test_step`` (a ``DataSample`` with
+    ``pred_score``)."""
+    import torch
+    from mmengine.dataset import Compose, pseudo_collate
+    from mmpretrain.registry import TRANSFORMS
+    steps = [t for t in model.cfg.test_dataloader.dataset.pipeline
+             if not str(t['type']).endswith('LoadImageFromFile')]
+    pipeline = Compose([TRANSFORMS.build(t) for t in steps])
+    data = pipeline(dict(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2]))
+    with torch.no_grad():
+        return model.test_step(pseudo_collate([data]))[0]
 
 
 def draw_prediction(model: nn.Module, image: np.ndarray, result: Any, out_file: str,
@@ -35,15 +56,45 @@ def draw_prediction(model: nn.Module, image: np.ndarray, result: Any, out_file: 
     """Draw ``result`` on ``image`` into ``out_file`` (PNG); return a one-line summary."""
     folder = osp.dirname(osp.abspath(out_file))
     os.makedirs(folder, exist_ok=True)
-    if model_task(model) == 'detection':
+    task = model_task(model)
+    if task == 'detection':
         return _draw_detections(model, image, result, out_file, score_thr)
+    if task == 'classification':
+        drawing, top = draw_classification(image, result.pred_score.cpu().numpy(),
+                                           model.dataset_meta.get('classes', ()))
+        _write(out_file, drawing)
+        return 'top-{}: '.format(len(top)) + ', '.join(f'{n} {s:.2f}' for n, s in top)
     labels = result.pred_sem_seg.data[0].cpu().numpy()
     classes = model.dataset_meta.get('classes', ())
     palette = model.dataset_meta.get('palette') or _default_palette(len(classes))
     drawing, present = draw_segmentation(image, labels, classes, palette)
+    _write(out_file, drawing)
+    return f'{len(present)} classes: ' + ', '.join(f'{name} {share:.0%}' for name, share in present)
+
+
+def _write(out_file: str, drawing: np.ndarray) -> None:
     if not cv2.imwrite(out_file, drawing):
         raise OSError(f'could not write {out_file!r} (give a .png path in a writable folder)')
-    return f'{len(present)} classes: ' + ', '.join(f'{name} {share:.0%}' for name, share in present)
+
+
+def draw_classification(image: np.ndarray, scores: np.ndarray, classes: Sequence[str],
+                        k: int = 5) -> Tuple[np.ndarray, List[Tuple[str, float]]]:
+    """The BGR ``image`` with a panel right of it listing the ``k`` highest ``scores`` (softmax
+    probabilities, one per class) as class name, score and a bar; returns the drawing and the
+    (class name, score) pairs, highest first."""
+    order = np.argsort(-scores)[:k]
+    top = [(classes[i] if i < len(classes) else str(i), float(scores[i])) for i in order]
+    row, width = 22, 260
+    panel = np.full((max(image.shape[0], row * (len(top) + 1)), width, 3), 255, np.uint8)
+    for j, (name, score) in enumerate(top):
+        y = 6 + j * row
+        cv2.rectangle(panel, (8, y), (8 + int(80 * score), y + 16), (80, 160, 80), -1)
+        cv2.putText(panel, f'{score:.2f} {name}'[:34], (94, y + 13), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    canvas = np.full((panel.shape[0], image.shape[1] + width, 3), 255, np.uint8)
+    canvas[:image.shape[0], :image.shape[1]] = image
+    canvas[:, image.shape[1]:] = panel
+    return canvas, top
 
 
 def _draw_detections(model: nn.Module, image: np.ndarray, result: Any, out_file: str,

@@ -3,8 +3,12 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from ..errors import WeightsMismatchError
+from ..models import ARCH_SETTINGS, MobileOne
+from ..models.reparameterize import load_fused_state_dict
+from ..registry import WEIGHT_LOADERS
 from .checkpoint_io import load_checkpoint_file, state_dict_of
 from .mobileone import backbone_state_dict, convert_state_dict, is_fused
 
@@ -20,7 +24,8 @@ HEAD_TASKS = {'bbox_head': 'detector', 'decode_head': 'segmentor', 'head': 'clas
 
 def describe_weights(state_dict: Dict[str, torch.Tensor]) -> str:
     """What a whole-model state dict looks like, e.g. ``'a detector (bbox_head) with a
-    MobileOne-s1 backbone'``; ``''`` when it cannot tell. Builds each arch once: error paths only."""
+    MobileOne-s1 backbone'``; ``''`` when it cannot tell. Builds each arch once: error paths
+    only."""
     head = next((h for h in HEAD_TASKS if any(k.startswith(h + '.') for k in state_dict)), None)
     what = f'a {HEAD_TASKS[head]} ({head})' if head else 'weights'
     backbone = backbone_state_dict(state_dict) or state_dict
@@ -84,14 +89,17 @@ def load_weights_strictly(model: nn.Module, state_dict: Dict[str, torch.Tensor],
     model.load_state_dict(state_dict, strict=True)
 
 
+@WEIGHT_LOADERS.register_module(name='MobileOne')
 def load_pretrained_backbone(backbone: nn.Module, checkpoint: str,
                              prefix: Optional[str] = None) -> None:
     """``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`` for our backbone.
 
     Accepts our own checkpoints (classifier, detector, segmentor or bare backbone) and Apple, timm
     or mmpretrain MobileOne weights; ``prefix`` selects the backbone inside a larger model
-    (e.g. ``'backbone.'``). Unlike mmengine's ``PretrainedInit`` (which only logs mismatches),
-    anything that does not fit raises.
+    (e.g. ``'backbone.'``). Fused weights (a deploy checkpoint) initialize an unfused backbone
+    through :func:`~mobileone_dense.models.reparameterize.load_fused_state_dict` (same function
+    in eval mode, trainable branches) and say so in the log. Unlike mmengine's
+    ``PretrainedInit`` (which only logs mismatches), anything that does not fit raises.
     """
     raw = state_dict_of(load_checkpoint_file(checkpoint, run_checkpoint=True))
     if prefix and any(k.startswith(prefix) for k in raw):
@@ -102,12 +110,21 @@ def load_pretrained_backbone(backbone: nn.Module, checkpoint: str,
     if not weights:
         raise WeightsMismatchError(f'{checkpoint!r} holds no MobileOne backbone weights'
                                    f'{" under prefix " + repr(prefix) if prefix else ""}')
+    if is_fused(weights) and not is_fused(backbone.state_dict()):
+        # fine-tuning from a fused (deploy) checkpoint: the branches are set so that the
+        # unfused backbone in eval mode computes the fused one's function
+        load_fused_state_dict(backbone, weights)
+        print_log(f'initialized the train-time branches of the unfused MobileOne backbone from '
+                  f'the fused weights of {checkpoint!r}: the first conv branch of every block '
+                  'carries the fused kernel (its BN the identity plus the fused bias), the other '
+                  'branches start at zero output; in eval mode it computes the fused model',
+                  logger='current')
+        return
     load_weights_strictly(backbone, weights, source=f'checkpoint {checkpoint!r}')
 
 
 def recognise_arch(backbone_weights: Dict[str, torch.Tensor]) -> str:
     """The MobileOne arch whose backbone loads these (``backbone.``-less) weights exactly."""
-    from ..models import ARCH_SETTINGS, MobileOne
     fused = is_fused(backbone_weights)
     for arch in ARCH_SETTINGS:
         try:

@@ -17,8 +17,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch.nn as nn
 from mmengine.config import Config
 
+from ..converters import load_checkpoint_file, state_dict_of
+from ..converters.loading import check_weights_match
 from ..errors import (BadDataError, ConfigError, MissingDataError, UnknownTypeError,
                       WeightsMismatchError)
+from .deploy import fuse_to_load, is_whole_model_fused, unwrap_model
 
 # Where each kind of data set lives: the layouts of the README ("Data").
 LAYOUTS = {
@@ -27,11 +30,12 @@ LAYOUTS = {
     'COCOVOCSegDataset': '<data_root>/annotations/instances_train2017.json and '
                          '<data_root>/train2017/*.jpg',
     'PascalVOCDataset': '<data_root> = VOCdevkit/VOC2012 with JPEGImages/*.jpg, '
-                        'SegmentationClass[Aug]/*.png and ImageSets/Segmentation/{train,val,aug}.txt',
+                        'SegmentationClass[Aug]/*.png and '
+                        'ImageSets/Segmentation/{train,val,aug}.txt',
     'ADE20KDataset': '<data_root> = ADEChallengeData2016 with images/{training,validation}/*.jpg '
                      'and annotations/{training,validation}/*.png',
-    'ImageNet': '<data_root>/{train,val}/<class folder>/*.JPEG (or <data_root>/meta/{train,val}.txt '
-                'lists)',
+    'ImageNet': '<data_root>/{train,val}/<class folder>/*.JPEG (or '
+                '<data_root>/meta/{train,val}.txt lists)',
     'CustomDataset': '<data_root>/<class folder>/*.jpg',
 }
 # model keys whose ``num_classes`` must equal the data set's class count
@@ -369,7 +373,6 @@ def read_checkpoint(cfg: Config) -> Optional[Tuple[str, dict]]:
     (``weights_only``) so that a truncated or corrupt file raises ``CheckpointError`` before
     anything is built. None when there is none (or it is remote). ``--resume`` without a path is
     left to our Runner, which skips a truncated latest checkpoint for the one before."""
-    from ..converters import load_checkpoint_file
     path = cfg.get('load_from')
     if not path or '://' in path:
         return None
@@ -387,9 +390,6 @@ def check_checkpoint_fits(cfg: Config, model: nn.Module, path: str, checkpoint: 
     logged by mmengine), so only the backbone must fit, and the checkpoint must share weights
     with the model.
     """
-    from ..converters import state_dict_of
-    from ..converters.loading import check_weights_match
-    from .deploy import fuse_to_load, is_whole_model_fused, unwrap_model
     model = unwrap_model(model)
     if is_whole_model_fused(checkpoint):  # our Runner fuses the model before loading it
         model = copy.deepcopy(model)

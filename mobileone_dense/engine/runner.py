@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 from mmengine.dist import get_world_size, is_main_process, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import EMAHook
@@ -134,6 +135,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+def describe_device(model: nn.Module) -> str:
+    """'cuda:0 (NVIDIA H200)', 'cpu', or 'cpu (torch sees no CUDA GPU ...)' for ``model``."""
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device('cpu')
+    if device.type == 'cuda':
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f'cuda:{index} ({torch.cuda.get_device_name(index)})'
+    if device.type == 'cpu' and not torch.cuda.is_available():
+        return (f'cpu (torch {torch.__version__} sees no CUDA GPU: '
+                'torch.cuda.is_available() is False)')
+    return str(device)
+
+
 @RUNNERS.register_module()
 class Runner(MMEngineRunner):
     """``mmengine.runner.Runner`` whose checkpoint loading accepts mmengine's own checkpoints.
@@ -155,6 +169,14 @@ class Runner(MMEngineRunner):
       truncated checkpoint (see :func:`find_resumable_checkpoint`), and removes stale ``.part``
       files.
     """
+
+    def wrap_model(self, model_wrapper_cfg, model: nn.Module) -> nn.Module:
+        """``Runner.wrap_model`` (moves the model to mmengine's device, wraps it for DDP), then
+        logs where the model runs: a GPU machine whose torch cannot see the GPU trains on the CPU
+        without any other sign."""
+        model = super().wrap_model(model_wrapper_cfg, model)
+        self.logger.info(f'model on {describe_device(unwrap_model(model))}')
+        return model
 
     def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
                         revise_keys=((r'^module.', ''),)):

@@ -66,7 +66,8 @@ def fold_batch_norm(kernel: torch.Tensor, bn: nn.Module) -> Tuple[torch.Tensor, 
 
 
 class MobileOneBlock(nn.Module):
-    """One MobileOne conv block (paper Fig. 3): over-parameterized at train time, one conv at inference.
+    """One MobileOne conv block (paper Fig. 3): over-parameterized at train time, one conv at
+    inference.
 
     Args:
         in_channels / out_channels: channels of the (N, C, H, W) input / output.
@@ -114,7 +115,8 @@ class MobileOneBlock(nn.Module):
         if kernel_size > 1:
             # A 1x1 conv with no padding reads the same pixel as the centre tap of the dilated
             # k x k kernel with padding d*(k-1)/2, so it folds exactly whatever the dilation.
-            self.scale_branch = ConvNorm(in_channels, out_channels, 1, stride, 0, 1, groups, norm_cfg)
+            self.scale_branch = ConvNorm(in_channels, out_channels, 1, stride, 0, 1, groups,
+                                         norm_cfg)
         if identity is None:
             identity = in_channels == out_channels and stride == 1
         elif identity and not (in_channels == out_channels and stride == 1):
@@ -146,7 +148,8 @@ class MobileOneBlock(nn.Module):
         return self.act(self.se(out))
 
     def fused_kernel_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The single (kernel, bias) equivalent to the sum of all branches in eval mode (float64)."""
+        """The single (kernel, bias) equivalent to the sum of all branches in eval mode
+        (float64)."""
         k = self.kernel_size
         centre = k // 2
         kernel = torch.zeros(self.out_channels, self.in_channels // self.groups, k, k,
@@ -170,6 +173,42 @@ class MobileOneBlock(nn.Module):
             w, b = fold_batch_norm(identity, self.identity_branch)
             kernel, bias = kernel + w.cpu(), bias + b.cpu()
         return kernel, bias
+
+    @torch.no_grad()
+    def init_from_fused(self, kernel: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the train-time branches so that, in eval mode, the block computes the fused block
+        ``act(se(conv(x, kernel) + bias))`` exactly (up to float rounding).
+
+        The first conv branch carries the function: its conv gets ``kernel``, its BN is the
+        identity plus ``bias`` with running statistics (mean 0, variance 1), weight
+        ``sqrt(1 + eps)`` and bias ``bias``. Every other branch (the other conv branches, the
+        1x1 scale branch, the BN identity branch) starts at zero output: BN weight and bias 0,
+        running statistics (0, 1); their convs keep their initialization, so they learn as soon
+        as their BN weight moves off zero (as a zero-initialized residual branch).
+        ``kernel``: ``(out_channels, in_channels / groups, k, k)``; ``bias``: ``(out_channels,)``.
+        """
+        if self.reparam_conv is not None:
+            raise RuntimeError('init_from_fused needs the train-time branches; this block is '
+                               'fused (deploy=True): load the fused weights directly')
+        carrier = self.conv_branches[0]
+        if tuple(kernel.shape) != tuple(carrier.conv.weight.shape) or tuple(bias.shape) != (
+                self.out_channels, ):
+            raise ValueError(f'fused kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)} do '
+                             f'not fit this block ({self.extra_repr()})')
+        norms = [branch.bn for branch in self.conv_branches]
+        if self.scale_branch is not None:
+            norms.append(self.scale_branch.bn)
+        if self.identity_branch is not None:
+            norms.append(self.identity_branch)
+        for i, bn in enumerate(norms):
+            if not isinstance(bn, _BatchNorm) or bn.weight is None or bn.running_var is None:
+                raise TypeError(f'cannot initialize {type(bn).__name__} from fused weights: the '
+                                'branches need affine BN with running statistics')
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.weight.fill_((1.0 + bn.eps) ** 0.5 if i == 0 else 0.0)
+            bn.bias.copy_(bias if i == 0 else torch.zeros_like(bias))
+        carrier.conv.weight.copy_(kernel)
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -13,7 +13,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..registry import MODELS
+from ..registry import MODELS, WEIGHT_LOADERS
 from .blocks import MobileOneBlock
 
 # Paper Table 7 (S0-S4) and Table 17 (micro variants). ``width_factors`` are the alphas of the
@@ -29,7 +29,8 @@ ARCH_SETTINGS: Dict[str, dict] = {
     's4': dict(num_blocks=(2, 8, 10, 1), width_factors=(3.0, 3.5, 3.5, 4.0), num_conv_branches=1,
                num_se_blocks=(0, 0, 5, 1)),
     'mu0': dict(num_blocks=(2, 4, 6, 1), width_factors=(0.75, 0.5, 0.5, 0.75), num_conv_branches=3),
-    'mu1': dict(num_blocks=(2, 6, 8, 1), width_factors=(0.75, 0.75, 0.75, 1.0), num_conv_branches=2),
+    'mu1': dict(num_blocks=(2, 6, 8, 1), width_factors=(0.75, 0.75, 0.75, 1.0),
+                num_conv_branches=2),
     'mu2': dict(num_blocks=(2, 6, 8, 1), width_factors=(0.75, 1.0, 1.0, 1.0), num_conv_branches=2),
 }
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -80,7 +81,8 @@ class MobileOne(BaseModule):
         norm_eval: keep BN layers in eval mode while training.
         deploy: build the fused (inference) form directly.
         norm_cfg: mmcv norm config (BN or SyncBN).
-        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=..., prefix=...)``.
+        init_cfg: mmengine init config, e.g.
+            ``dict(type='Pretrained', checkpoint=..., prefix=...)``.
     """
     # Not compiled by torch.jit.script (is_init: mmengine BaseModule's bookkeeping property).
     __jit_unused_properties__ = ['deploy', 'out_channels', 'is_init']
@@ -167,8 +169,9 @@ class MobileOne(BaseModule):
         """Initialize; a ``Pretrained`` init_cfg loads strictly (any mismatch raises)."""
         init_cfg = self.init_cfg
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            from ..converters.loading import load_pretrained_backbone
-            load_pretrained_backbone(self, init_cfg['checkpoint'], prefix=init_cfg.get('prefix'))
+            # converters.loading.load_pretrained_backbone, from the layer above
+            load = WEIGHT_LOADERS.get('MobileOne')
+            load(self, init_cfg['checkpoint'], prefix=init_cfg.get('prefix'))
             self._is_init = True
             return
         super().init_weights()

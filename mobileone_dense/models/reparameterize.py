@@ -1,11 +1,15 @@
 """The one re-parameterization entry point for any model that contains MobileOne parts."""
-from typing import List
+from functools import partial
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmcv.cnn.utils.fuse_conv_bn import _fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import WeightsMismatchError
+from .blocks import MobileOneBlock
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
@@ -43,23 +47,98 @@ def fuse_conv_bn_pairs(model: nn.Module) -> List[str]:
     ``nn.Identity`` (state-dict keys of the BN disappear, the conv gains a ``bias``).
     """
     fused = []
+    for _, conv, bn_name, norm, replace in conv_bn_pairs(model):
+        _fold(conv, norm)
+        replace()
+        fused.append(bn_name)
+    return fused
+
+
+def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, nn.Conv2d, str, _BatchNorm, Callable]]:
+    """The Conv+BN pairs :func:`fuse_conv_bn_pairs` folds: ``(conv name, conv, BN name, BN,
+    replace)``, where ``replace()`` swaps the BN for ``nn.Identity`` (see there for which pairs)."""
+    pairs = []
     for name, module in list(model.named_modules()):
+        prefix = f'{name}.' if name else ''
         if isinstance(module, ConvModule):
             order = tuple(module.order)
             if (module.with_norm and isinstance(module.conv, nn.Conv2d)
                     and isinstance(module.norm, _BatchNorm)
                     and order.index('conv') < order.index('norm')):
-                _fold(module.conv, module.norm)
-                setattr(module, module.norm_name, nn.Identity())
-                fused.append(f'{name}.{module.norm_name}' if name else module.norm_name)
+                pairs.append((prefix + 'conv', module.conv, prefix + module.norm_name,
+                              module.norm, partial(setattr, module, module.norm_name,
+                                                   nn.Identity())))
         elif isinstance(module, nn.Sequential):
             children = list(module.named_children())
-            for (_, first), (second_name, second) in zip(children, children[1:]):
+            for (first_name, first), (second_name, second) in zip(children, children[1:]):
                 if isinstance(first, nn.Conv2d) and isinstance(second, _BatchNorm):
-                    _fold(first, second)
-                    module._modules[second_name] = nn.Identity()
-                    fused.append(f'{name}.{second_name}' if name else second_name)
-    return fused
+                    pairs.append((prefix + first_name, first, prefix + second_name, second,
+                                  partial(module._modules.__setitem__, second_name,
+                                          nn.Identity())))
+    return pairs
+
+
+@torch.no_grad()
+def load_fused_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, int]:
+    """Initialize an unfused ``model`` from the state dict of its fused form (the inverse of
+    :func:`reparameterize`), so that in eval mode it computes the fused model's function.
+
+    Every unfused ``MobileOneBlock`` gets its ``reparam_conv`` through
+    :meth:`MobileOneBlock.init_from_fused` (the first conv branch carries the fused kernel with a
+    BN that is the identity plus the fused bias; the other branches start at zero output). Every
+    Conv+BN pair that whole-model fusion folds (:func:`conv_bn_pairs`) gets the folded conv's
+    weight, and its BN becomes the identity plus the folded bias (running statistics (0, 1),
+    weight ``sqrt(1 + eps)``). All other tensors load as they are. In train mode the BN layers
+    normalize with batch statistics instead, as in any training.
+
+    Raises ``WeightsMismatchError`` naming missing or unexpected keys and shape mismatches.
+    Returns how many ``blocks``, ``conv_bn`` pairs and other ``tensors`` were set.
+    """
+    blocks = {name: m for name, m in model.named_modules()
+              if isinstance(m, MobileOneBlock) and not m.deploy}
+    inside_blocks = tuple(f'{name}.' for name in blocks)
+    pairs = [pair for pair in conv_bn_pairs(model)
+             if not (pair[0] + '.').startswith(inside_blocks)]
+    remaining = dict(state_dict)
+
+    def take(key: str, like: torch.Tensor) -> torch.Tensor:
+        if key not in remaining:
+            raise WeightsMismatchError(f'the fused weights have no {key!r}: they are not the '
+                                       f'fused form of this {type(model).__name__}')
+        value = remaining.pop(key)
+        if tuple(value.shape) != tuple(like.shape):
+            raise WeightsMismatchError(f'size mismatch for {key}: fused weights '
+                                       f'{tuple(value.shape)}, model {tuple(like.shape)} '
+                                       '(another variant?)')
+        return value
+
+    for name, block in blocks.items():
+        prefix = f'{name}.' if name else ''
+        carrier = block.conv_branches[0].conv.weight
+        block.init_from_fused(take(prefix + 'reparam_conv.weight', carrier),
+                              take(prefix + 'reparam_conv.bias', carrier[:, 0, 0, 0]))
+    for conv_name, conv, _, norm, _ in pairs:
+        conv.weight.copy_(take(conv_name + '.weight', conv.weight))
+        bias = take(conv_name + '.bias', norm.running_mean)
+        norm.running_mean.zero_()
+        norm.running_var.fill_(1.0)
+        norm.weight.fill_((1.0 + norm.eps) ** 0.5)
+        if conv.bias is not None:
+            conv.bias.copy_(bias)
+            norm.bias.zero_()
+        else:
+            norm.bias.copy_(bias)
+    handled = {f'{name}.{branch}.' for name in blocks
+               for branch in ('conv_branches', 'scale_branch', 'identity_branch')}
+    handled |= {f'{pair[2]}.' for pair in pairs}
+    expected = {key for key in model.state_dict() if not key.startswith(tuple(handled))
+                and key not in {f'{pair[0]}.{p}' for pair in pairs for p in ('weight', 'bias')}}
+    missing, unexpected = sorted(expected - set(remaining)), sorted(set(remaining) - expected)
+    if missing or unexpected:
+        raise WeightsMismatchError(f'the fused weights do not fit this {type(model).__name__}: '
+                                   f'missing {missing[:8]}, unexpected {unexpected[:8]}')
+    model.load_state_dict(remaining, strict=False)
+    return dict(blocks=len(blocks), conv_bn=len(pairs), tensors=len(remaining))
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
     python tools/deploy/export_onnx.py CONFIG CHECKPOINT [--out model.onnx] [--input-size H W]
         [--opset N] [--no-dynamic] [--tolerance 1e-4]
+        [--end2end [--topk 5] [--check-split test] [--check-images 4]]
 
 CHECKPOINT is a training checkpoint of CONFIG (loaded strictly, EMA weights when present, then
 fused) or a deploy checkpoint with its deploy config (tools/reparameterize.py, ReparameterizeHook).
@@ -17,12 +18,22 @@ The model is written to a temp file, run with onnxruntime (CPU) at the export si
 dynamic, at a second size with batch 2, and renamed to --out only when every output matches
 PyTorch within --tolerance (max|onnx - torch| / max|torch|); otherwise nothing is written and
 the exit status is 1.
+
+--end2end writes the whole prediction instead (mobileone_dense/apis/onnx_end2end.py):
+detection ``input`` + ``scale_factor`` (N, 2) -> ``boxes`` (N, K, 4) in original-image pixels,
+``scores``, ``labels`` (N, K), ``num_dets`` (N,) (anchors, decoding and ONNX NonMaxSuppression in
+the graph); segmentation ``labels`` (N, H, W), the argmax at the input size; classification the
+softmax ``scores`` and ``labels`` of the --topk best classes. It is checked on --check-images
+images of the config's --check-split split (through its test pipeline) at the test size and at a
+second size (0.75x height, 1.25x width for fixed-size resizing, 0.75x otherwise): detections must
+equal model.predict's (same labels, boxes within 1e-3 px, scores within 1e-5), label maps and
+top-k must equal PyTorch's except where its logits tie (within 1e-5 relative).
+demo/onnx_demo.py runs the file with onnxruntime, OpenCV and numpy only (preprocessing and
+classes: the file's metadata).
 """
 import argparse
-import os
 import os.path as osp
 import sys
-import tempfile
 
 import torch
 
@@ -30,10 +41,19 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import mobileone_dense  # noqa: E402,F401
 
 from mobileone_dense.apis.inference import init_model  # noqa: E402
+from mobileone_dense.apis.onnx_data import (pipeline_at_scale,  # noqa: E402
+                                            preprocessed_batches, split_dataset, spread_indices)
+from mobileone_dense.apis.onnx_end2end import export_end2end  # noqa: E402
+from mobileone_dense.apis.onnx_end2end_check import check_end2end  # noqa: E402
 from mobileone_dense.apis.onnx_export import (DEFAULT_INPUT_SIZE, DEFAULT_OPSET,  # noqa: E402
                                               OnnxParityError, check_onnx_parity, export_onnx,
                                               model_task, preprocessing_info, require_onnx)
+from mobileone_dense.apis.onnx_metadata import innermost_dataset  # noqa: E402
+from mobileone_dense.engine.deploy import _write_atomically  # noqa: E402
 from mobileone_dense.errors import InputError  # noqa: E402
+
+# The end-to-end check's second size, as (height, width) factors of the test pipeline's size.
+SECOND_SCALE = (0.75, 1.25)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +73,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='fix batch, H and W to the export shape (default: dynamic axes)')
     parser.add_argument('--tolerance', type=float, default=1e-4,
                         help='largest accepted relative difference onnxruntime vs PyTorch')
+    parser.add_argument('--end2end', action='store_true',
+                        help='export the whole prediction (detections with NMS / label map / '
+                        'top-k) instead of the raw network outputs')
+    parser.add_argument('--topk', type=int, default=5,
+                        help='--end2end classification: classes kept per image')
+    parser.add_argument('--check-split', default='test', choices=('train', 'val', 'test'),
+                        help='--end2end: the data split whose images the check runs on')
+    parser.add_argument('--check-images', type=int, default=4,
+                        help='--end2end: how many images of that split (spread over it)')
     return parser.parse_args(argv)
 
 
@@ -110,6 +139,59 @@ post-processing (decoding, score threshold, NMS, rescaling: mmdet's own code):
   samples[0].pred_instances.bboxes / .scores / .labels   # boxes in original-image pixels'''
 
 
+def end2end_batches(model, cfg, split: str, count: int) -> list:
+    """Preprocessed batches of ``count`` images of ``split`` at the test size and the second
+    size (the export check's inputs)."""
+    pipeline = innermost_dataset(cfg.test_dataloader.dataset).pipeline
+    batches = []
+    for scale in ((1.0, 1.0), SECOND_SCALE):
+        dataset = split_dataset(cfg, split, pipeline_at_scale(pipeline, *scale))
+        if len(dataset) == 0:
+            raise InputError(f"the config's {split} split has no images to check the export on")
+        batches += preprocessed_batches(model, dataset, spread_indices(len(dataset), count),
+                                        batch_size=2)
+    return batches
+
+
+def export_checked(model, args, out: str, size: tuple, dynamic: bool) -> list:
+    """Export to a temp file beside ``out``, check it, rename it to ``out``; the report lines."""
+    lines = []
+
+    def write(tmp: str) -> None:
+        if args.end2end:
+            batches = end2end_batches(model, model.cfg, args.check_split, args.check_images)
+            export_end2end(model, tmp, (1, 3) + size, dynamic=dynamic, opset=args.opset,
+                           topk=args.topk)
+            report = check_end2end(model, tmp, batches)
+            sizes = sorted(set(report['sizes']), key=report['sizes'].index)
+            what = (f'{report["detections"]} detections equal to model.predict (largest box '
+                    f'difference {report["max_box_diff"]:.1e} px, score difference '
+                    f'{report["max_score_diff"]:.1e}; {report["at_cut"]} on one side only, '
+                    'with a score at the cut)' if model_task(model) == 'detection' else
+                    'outputs equal to PyTorch')
+            lines.append(f'end-to-end check on {report["images"] // 2} images of the '
+                         f'{args.check_split} split, each at input sizes '
+                         f'{" and ".join(f"{h}x{w}" for h, w in sizes[:2])}: {what}')
+            return
+        export_onnx(model, tmp, (1, 3) + size, dynamic=dynamic, opset=args.opset)
+        generator = torch.Generator().manual_seed(0)
+        results = []
+        for n, h, w in check_sizes(size, dynamic):
+            inputs = torch.randn(n, 3, h, w, generator=generator)
+            results.append(((n, 3, h, w), check_onnx_parity(model, tmp, inputs)))
+        for shape, error in results:
+            lines.append(f'onnxruntime vs PyTorch, input {shape}: max relative difference '
+                         f'{error:.2e}')
+        worst = max(error for _, error in results)
+        if worst > args.tolerance:
+            print('\n'.join(lines))
+            raise OnnxParityError(f'onnxruntime outputs differ from PyTorch by {worst:.2e} '
+                                  f'(relative) > tolerance {args.tolerance:g}')
+
+    _write_atomically(out, write, '.onnx')
+    return lines
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out or osp.splitext(args.checkpoint)[0] + '.onnx'
@@ -122,43 +204,27 @@ def main(argv=None) -> int:
         return 1
     size = tuple(args.input_size or DEFAULT_INPUT_SIZE[task])
     dynamic = not args.no_dynamic
-    folder = osp.dirname(osp.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(out) + '.', suffix='.onnx', dir=folder)
-    os.close(fd)
     try:
-        names = export_onnx(model, tmp, (1, 3) + size, dynamic=dynamic, opset=args.opset)
-        generator = torch.Generator().manual_seed(0)
-        results = []
-        for n, h, w in check_sizes(size, dynamic):
-            inputs = torch.randn(n, 3, h, w, generator=generator)
-            results.append(((n, 3, h, w), check_onnx_parity(model, tmp, inputs)))
-        for shape, error in results:
-            print(f'onnxruntime vs PyTorch, input {shape}: max relative difference {error:.2e}')
-        worst = max(error for _, error in results)
-        if worst > args.tolerance:
-            raise OnnxParityError(f'onnxruntime outputs differ from PyTorch by {worst:.2e} '
-                                  f'(relative) > tolerance {args.tolerance:g}')
-        os.replace(tmp, out)
-    except OnnxParityError as error:
+        print('\n'.join(export_checked(model, args, out, size, dynamic)))
+    except (OnnxParityError, InputError, ValueError, TypeError) as error:
         print(f'error: {error}; no ONNX file written', file=sys.stderr)
         return 1
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    print(f'\nwrote {out} ({task}, opset {args.opset}, '
+    print(f'\nwrote {out} ({task}{", end to end" if args.end2end else ""}, opset {args.opset}, '
           f'{"dynamic batch/H/W" if dynamic else f"static 1x3x{size[0]}x{size[1]}"}, '
-          f'verified within {args.tolerance:g})')
+          + (f'verified within {args.tolerance:g})' if not args.end2end else 'verified)'))
     print('\n'.join(describe_outputs(out)))
     print('input preprocessing (what model.data_preprocessor does in PyTorch):')
     print('\n'.join(describe_preprocessing(model, model.cfg)))
-    if task == 'detection':
+    if args.end2end:
+        print('run it without torch or OpenMMLab: python demo/onnx_demo.py IMAGE ' + out
+              + ' --out-file out.png  (preprocessing and classes: the file\'s metadata)')
+    elif task == 'detection':
         print(POSTPROCESS_USAGE.format(config=args.config))
     elif task == 'segmentation':
         print('labels: seg_logits.argmax(1) (N, H, W); resize the logits to the original image '
               'size first for full-resolution labels, as mmseg does')
     else:
-        print(f'outputs: {names[0]} before softmax; class names are the dataset\'s')
+        print('outputs: logits before softmax; class names are the dataset\'s')
     return 0
 
 

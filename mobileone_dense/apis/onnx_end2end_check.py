@@ -1,0 +1,146 @@
+"""The end-to-end export contract: the ONNX file's outputs equal PyTorch's ``predict``.
+
+:func:`check_end2end` runs an end-to-end file (``onnx_end2end``) and the model it was exported
+from on the same real, preprocessed batches: detections are matched one to one (same label, box
+within ``box_tol`` pixels, score within ``score_tol``; a detection on one side only is accepted
+when its score is within ``score_tol`` of the score cut, where the scores cannot decide), label
+maps and top-k must be equal except where PyTorch's own logits tie within ``tie_tol``.
+"""
+import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .onnx_export import OnnxParityError, model_task, onnx_session
+
+
+def match_detections(want: Dict[str, np.ndarray], have: Dict[str, np.ndarray],
+                     box_tol: float = 1e-3, score_tol: float = 1e-5) -> List[Tuple[int, int]]:
+    """Pairs ``(i, j)``: detection ``i`` of ``want`` and its partner ``j`` in ``have``, one to
+    one: same label, score within ``score_tol``, every coordinate within ``box_tol`` (dicts of
+    ``boxes`` (K, 4), ``scores`` (K,), ``labels`` (K,) arrays)."""
+    free = np.ones(len(have['scores']), bool)
+    pairs = []
+    for i, (box, score, label) in enumerate(zip(want['boxes'], want['scores'],
+                                                want['labels'])):
+        ok = (free & (have['labels'] == label) & (np.abs(have['scores'] - score) <= score_tol)
+              & (np.abs(have['boxes'] - box).max(1, initial=0) <= box_tol))
+        if ok.any():
+            j = int(np.flatnonzero(ok)[0])
+            free[j] = False
+            pairs.append((i, j))
+    return pairs
+
+
+def _tied(values: np.ndarray, expected: np.ndarray, got: np.ndarray,
+          tie_tol: float) -> np.ndarray:
+    """Where ``got`` equals ``expected`` (class indices along axis 1 of ``values``) or differs
+    only between classes whose ``values`` differ by at most ``tie_tol`` x the largest magnitude
+    (a choice decided by rounding). ``expected`` / ``got``: ``values``' shape without axis 1
+    (label maps) or with ``k`` entries on it (top-k)."""
+    if expected.ndim < values.ndim:
+        expected, got = expected[:, None], got[:, None]
+    a = np.take_along_axis(values, expected, 1)
+    b = np.take_along_axis(values, np.clip(got, 0, values.shape[1] - 1), 1)
+    return ((expected == got) | (np.abs(a - b) <= tie_tol * np.abs(values).max())).squeeze()
+
+
+@torch.no_grad()
+def check_end2end(model: nn.Module, path: str, batches: Sequence[Tuple[torch.Tensor, list]],
+                  num_threads: Optional[int] = None, box_tol: float = 1e-3,
+                  score_tol: float = 1e-5, tie_tol: float = 1e-5) -> Dict[str, Any]:
+    """Compare the end-to-end file with PyTorch's ``predict`` on ``batches``; raise if they differ.
+
+    Args:
+        model: the fused eval-mode model the file was exported from.
+        path: the ONNX file.
+        batches: ``(inputs (N, 3, H, W), data_samples)`` pairs as the model's data preprocessor
+            returns them (detection: ``scale_factor`` and ``ori_shape`` in the metainfo).
+        box_tol: largest accepted box coordinate difference, pixels.
+        score_tol: largest accepted score difference.
+        tie_tol: label differences are accepted where PyTorch's logits of the two classes
+            differ by at most this x their largest magnitude.
+
+    Returns:
+        ``{'images': n, 'detections': n, 'at_cut': n, 'max_box_diff', 'max_score_diff',
+        'sizes': [(H, W), ...]}`` (detection counts; ``at_cut``: detections on one side only
+        whose score is within ``score_tol`` of the score cut, ``score_thr`` or the lowest score
+        when ``max_per_img`` are kept: the scores cannot decide those). Raises
+        ``OnnxParityError`` naming the image and the mismatch.
+    """
+    task = model_task(model)
+    session = onnx_session(path, num_threads)
+    report = dict(images=0, detections=0, at_cut=0, max_box_diff=0.0, max_score_diff=0.0,
+                  sizes=[])
+    for inputs, samples in batches:
+        feed = {'input': inputs.cpu().float().numpy()}
+        report['sizes'].append(tuple(inputs.shape[2:]))
+        if task == 'detection':
+            feed['scale_factor'] = np.array([s.metainfo['scale_factor'] for s in samples],
+                                            np.float32)
+        outputs = session.run(None, feed)
+        if task == 'detection':
+            _check_detections(model, inputs, samples, outputs, report, box_tol, score_tol)
+        elif task == 'segmentation':
+            logits = reference_logits(model, inputs)
+            ok = _tied(logits, logits.argmax(1), outputs[0], tie_tol)
+            if not ok.all():
+                raise OnnxParityError(f'label map differs from PyTorch at {int((~ok).sum())} '
+                                      f'pixels of input {tuple(inputs.shape)} (not ties)')
+        else:
+            probs = model(inputs, mode='tensor').softmax(1).cpu().numpy()
+            expected = np.argsort(-probs, 1, kind='stable')[:, :outputs[1].shape[1]]
+            ok = _tied(probs, expected, outputs[1], tie_tol)
+            score_diff = np.abs(np.take_along_axis(probs, outputs[1], 1) - outputs[0]).max()
+            report['max_score_diff'] = max(report['max_score_diff'], float(score_diff))
+            if not ok.all() or score_diff > score_tol:
+                raise OnnxParityError(f'top-k differs from PyTorch for input '
+                                      f'{tuple(inputs.shape)}: labels ok {ok.all()}, largest '
+                                      f'score difference {score_diff:.2e}')
+        report['images'] += inputs.shape[0]
+    return report
+
+
+def reference_logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+    """A segmentor's logits ``(N, C, H, W)`` at the input size, by mmseg's ``encode_decode``."""
+    shape = tuple(inputs.shape[2:])
+    metas = [dict(img_shape=shape, pad_shape=shape, ori_shape=shape)] * inputs.shape[0]
+    return model.encode_decode(inputs, metas).cpu().numpy()
+
+
+def _check_detections(model: nn.Module, inputs: torch.Tensor, samples: list, outputs: list,
+                      report: dict, box_tol: float, score_tol: float) -> None:
+    expected = model.predict(inputs, copy.deepcopy(samples), rescale=True)
+    head_cfg = model.bbox_head.test_cfg
+    boxes, scores, labels, counts = outputs
+    for i, sample in enumerate(expected):
+        want = {k: getattr(sample.pred_instances, name).cpu().numpy() for k, name in
+                (('boxes', 'bboxes'), ('scores', 'scores'), ('labels', 'labels'))}
+        n = int(counts[i])
+        have = dict(boxes=boxes[i, :n], scores=scores[i, :n], labels=labels[i, :n])
+        pairs = match_detections(want, have, box_tol, score_tol)
+        # Scores agree to about score_tol, so a detection whose score is that close to a cut
+        # (score_thr, or the lowest score when max_per_img are kept) may be in on one side
+        # only: allowed, and counted. Anything else is a real difference.
+        cut = float(head_cfg.get('score_thr', 0.0))
+        if len(want['scores']) >= head_cfg.get('max_per_img', np.inf) and n:
+            cut = max(cut, float(want['scores'].min()))
+        unmatched = np.concatenate([np.delete(want['scores'], [a for a, _ in pairs]),
+                                    np.delete(have['scores'], [b for _, b in pairs])])
+        where = sample.metainfo.get('img_path', f'image {report["images"] + i}')
+        if (np.abs(unmatched - cut) > score_tol).any():
+            raise OnnxParityError(
+                f'{where} at input {tuple(inputs.shape[2:])}: PyTorch predict has '
+                f'{len(want["scores"])} detections, the ONNX graph {n}, {len(pairs)} of them equal '
+                f'(label, box within {box_tol:g} px, score within {score_tol:g}); unmatched '
+                f'scores {np.sort(unmatched)[::-1][:5].round(6).tolist()} are not at the '
+                f'score cut {cut:.6f}')
+        report['at_cut'] += len(unmatched)
+        report['detections'] += n
+        for a, b in pairs:
+            report['max_box_diff'] = max(report['max_box_diff'], float(np.abs(
+                want['boxes'][a] - have['boxes'][b]).max()))
+            report['max_score_diff'] = max(report['max_score_diff'], float(abs(
+                want['scores'][a] - have['scores'][b])))
