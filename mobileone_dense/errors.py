@@ -36,3 +36,13 @@ class ConfigError(InputError, ValueError):
 
 class UnknownTypeError(InputError, KeyError):
     """A ``type=`` that no registry of the scope holds (usually a typo)."""
+
+
+class FoldingError(InputError, ValueError):
+    """A norm layer that cannot be folded into its convolution (no running statistics, not a
+    BatchNorm, channel counts that differ): the model cannot be re-parameterized as built."""
+
+
+class OnnxParityError(RuntimeError):
+    """An exported ONNX file whose outputs differ from PyTorch's by more than the tolerance (a
+    bug to report, not bad input: the file is not written)."""

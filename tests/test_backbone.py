@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from mobileone_dense import MobileOne, MobileOneBlock, reparameterize
+from mobileone_dense.errors import FoldingError
 from mobileone_dense.analysis import (PAPER_COMPLEXITY, fusion_error, measure_classifier_complexity,
                                       randomize_batch_norm)
 from mobileone_dense.models import ARCH_SETTINGS, stage_channels
@@ -131,7 +132,7 @@ def test_syncbn_backbone_fuses_exactly_like_bn():
 def test_bn_without_running_stats_cannot_be_fused():
     block = MobileOneBlock(8, 8, 3, groups=8,
                            norm_cfg=dict(type='BN', track_running_stats=False))
-    with pytest.raises(RuntimeError, match='running statistics'):
+    with pytest.raises(FoldingError, match='running statistics'):
         reparameterize(block)
 
 

@@ -101,3 +101,17 @@ def test_atomic_save_keeps_the_previous_file_on_failure(tmp_path):
         atomic_save({'w': torch.zeros(3), 'bad': Unpicklable()}, str(path))
     assert torch.equal(torch.load(path, weights_only=True)['w'], torch.ones(3))
     assert os.listdir(tmp_path) == ['model.pth']
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    """mkstemp creates 0600 files: a checkpoint or ONNX file written through a temp file must
+    still be readable by the group/others as a plain ``open()`` would make it (umask 022)."""
+    umask = os.umask(0o022)
+    try:
+        atomic_save({'w': torch.ones(1)}, str(tmp_path / 'model.pth'))
+        with open(tmp_path / 'plain.txt', 'w'):
+            pass
+    finally:
+        os.umask(umask)
+    mode = (tmp_path / 'model.pth').stat().st_mode & 0o777
+    assert mode == (tmp_path / 'plain.txt').stat().st_mode & 0o777 == 0o644

@@ -16,6 +16,7 @@ from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.apis.inference import init_model
 from mobileone_dense.engine.deploy import (atomic_save, deploy_checkpoint, deploy_config,
                                            max_relative_difference, output_tensors)
+from mobileone_dense.errors import FoldingError
 from mobileone_dense.models.reparameterize import fuse_conv_bn_pairs
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -107,5 +108,5 @@ def test_only_conv_then_norm_pairs_are_folded():
 
 def test_batch_norm_without_running_statistics_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
-    with pytest.raises(ValueError, match='no running statistics'):
+    with pytest.raises(FoldingError, match='without running statistics'):
         fuse_conv_bn_pairs(model)

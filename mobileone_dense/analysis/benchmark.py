@@ -36,13 +36,17 @@ from ..apis.onnx_export import export_onnx, onnx_session, require_onnx
 from ..apis.quickstart import PACKAGE_CONFIGS
 from ..models.mobileone import MobileOne, stage_channels
 from ..models.reparameterize import reparameterize
+from ..models.tasks import CLASSIFICATION, DETECTION, SEGMENTATION
+from ..models.tasks import DEFAULT_INPUT_SIZE as TASK_INPUT_SIZE
 from .complexity import params_and_macs
 
 ARCHS = ('s0', 's1', 's2', 's3', 's4')
 TASKS = ('cls', 'det', 'seg')
-# Square input side per task: the paper's evaluation sizes (ImageNet 224, SSDLite 320, DeepLabV3
-# 512 crops). 'backbone' rows are measured with the 'cls' runs.
-DEFAULT_INPUT_SIZE = {'backbone': 224, 'cls': 224, 'det': 320, 'seg': 512}
+# Square input side per task (the configs' test sizes, models.tasks.DEFAULT_INPUT_SIZE); the
+# 'backbone' rows are measured with the 'cls' runs.
+DEFAULT_INPUT_SIZE = {abbreviation: TASK_INPUT_SIZE[task][0] for abbreviation, task in
+                      (('backbone', CLASSIFICATION), ('cls', CLASSIFICATION), ('det', DETECTION),
+                       ('seg', SEGMENTATION))}
 # ImageNet-1k top-1 (%) as printed in the paper's Table 9 (not measured here).
 PAPER_TOP1 = {'s0': 71.4, 's1': 75.9, 's2': 77.4, 's3': 78.1, 's4': 79.4}
 PAPER_TOP1_MOBILENETV2 = 72.0  # Table 9, MobileNetV2-x1.0

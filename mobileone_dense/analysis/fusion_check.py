@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..engine.deploy import max_relative_difference
 from ..models.blocks import MobileOneBlock
 from ..models.reparameterize import reparameterize
 
@@ -76,6 +77,4 @@ def fusion_error(model: nn.Module, inputs: torch.Tensor) -> float:
     model.train(was_training)
     if len(outputs) != len(reference):
         raise RuntimeError(f'fused model returned {len(outputs)} outputs, unfused {len(reference)}')
-    errors = [((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-              for out, ref in zip(outputs, reference)]
-    return max(errors)
+    return max_relative_difference(outputs, reference)

@@ -31,8 +31,9 @@ import torch
 import torch.nn as nn
 from torchvision.ops import nms as torchvision_nms
 
-from .onnx_export import (DEFAULT_INPUT_SIZE, DEFAULT_OPSET, _OnnxGraph, export_module,
-                          model_task, require_onnx)
+from ..models.tasks import DEFAULT_INPUT_SIZE
+from .onnx_export import (DEFAULT_OPSET, _OnnxGraph, exportable_task, export_module,
+                          require_onnx)
 from .onnx_metadata import export_metadata
 
 END2END_OUTPUTS = dict(detection=['boxes', 'scores', 'labels', 'num_dets'],
@@ -224,7 +225,7 @@ class ClassificationEnd2End(nn.Module):
 
 def end2end_graph(model: nn.Module, topk: int = 5) -> nn.Module:
     """The end-to-end module (eval mode) of a fused, eval-mode ``model``."""
-    task = model_task(model)
+    task = exportable_task(model)
     if task == 'detection':
         graph = DetectionEnd2End(model)
     elif task == 'segmentation':
@@ -263,7 +264,7 @@ def export_end2end(model: nn.Module, path: str, input_shape: Optional[Sequence[i
     require_onnx()
     if model.training:
         raise ValueError('export an eval-mode model (model.eval()), as init_model returns it')
-    task = model_task(model)
+    task = exportable_task(model)
     graph = end2end_graph(model, topk)
     if input_shape is None:
         input_shape = (1, 3) + DEFAULT_INPUT_SIZE[task]

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .onnx_export import OnnxParityError, model_task, onnx_session
+from ..errors import OnnxParityError
+from .onnx_export import exportable_task, onnx_session
 
 
 def match_detections(want: Dict[str, np.ndarray], have: Dict[str, np.ndarray],
@@ -70,7 +71,7 @@ def check_end2end(model: nn.Module, path: str, batches: Sequence[Tuple[torch.Ten
         when ``max_per_img`` are kept: the scores cannot decide those). Raises
         ``OnnxParityError`` naming the image and the mismatch.
     """
-    task = model_task(model)
+    task = exportable_task(model)
     session = onnx_session(path, num_threads)
     report = dict(images=0, detections=0, at_cut=0, max_box_diff=0.0, max_score_diff=0.0,
                   sizes=[])

@@ -19,9 +19,6 @@ Batch, height and width are dynamic axes by default. Every file carries the meta
 without the config needs (``onnx_metadata``); ``onnx_end2end`` exports the whole prediction
 (detections after NMS, label maps, top-k) instead of the raw outputs.
 """
-import os
-import os.path as osp
-import tempfile
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -29,19 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine.deploy import max_relative_difference
+from ..engine.deploy import max_relative_difference, write_atomically
+from ..errors import OnnxParityError  # noqa: F401 (re-exported: raised here)
+from ..models.tasks import DEFAULT_INPUT_SIZE, model_task
 from .onnx_metadata import (export_metadata, output_descriptions,  # noqa: F401 (re-exported)
                             preprocessing_info)
 
 INSTALL_HINT = ('pip install .[deploy]  (or: pip install onnx onnxruntime onnxscript)')
-# Default export size per task: the test pipelines' sizes of our configs.
-DEFAULT_INPUT_SIZE = dict(classification=(224, 224), detection=(320, 320),
-                          segmentation=(512, 512))
 DEFAULT_OPSET = 17
-
-
-class OnnxParityError(RuntimeError):
-    """onnxruntime's outputs differ from PyTorch's by more than the tolerance."""
 
 
 def require_onnx() -> None:
@@ -57,24 +49,23 @@ def require_onnx() -> None:
                           f'{INSTALL_HINT}')
 
 
-def model_task(model: nn.Module) -> str:
-    """'classification', 'detection' or 'segmentation' from the model's type."""
+def exportable_task(model: nn.Module) -> str:
+    """:func:`~mobileone_dense.models.tasks.model_task`, for the models the export covers:
+    mmpretrain ``ImageClassifier``, mmdet single-stage detectors (e.g. SSD) and mmseg
+    ``EncoderDecoder`` with whole-image inference."""
     from mmdet.models.detectors import SingleStageDetector
     from mmpretrain.models.classifiers import ImageClassifier
     from mmseg.models.segmentors import EncoderDecoder
-    if isinstance(model, ImageClassifier):
-        return 'classification'
-    if isinstance(model, SingleStageDetector):
-        return 'detection'
-    if isinstance(model, EncoderDecoder):
-        mode = (getattr(model, 'test_cfg', None) or {}).get('mode', 'whole')
-        if mode != 'whole':
-            raise ValueError(f"the segmentor's test_cfg.mode is {mode!r}; ONNX export covers "
-                             "whole-image inference: set model.test_cfg.mode='whole'")
-        return 'segmentation'
-    raise TypeError(f'cannot export a {type(model).__name__}: supported are mmpretrain '
-                    'ImageClassifier, mmdet single-stage detectors (e.g. SSD) and mmseg '
-                    'EncoderDecoder models')
+    if not isinstance(model, (ImageClassifier, SingleStageDetector, EncoderDecoder)):
+        raise TypeError(f'cannot export a {type(model).__name__}: supported are mmpretrain '
+                        'ImageClassifier, mmdet single-stage detectors (e.g. SSD) and mmseg '
+                        'EncoderDecoder models')
+    task = model_task(model)
+    mode = (getattr(model, 'test_cfg', None) or {}).get('mode', 'whole')
+    if task == 'segmentation' and mode != 'whole':
+        raise ValueError(f"the segmentor's test_cfg.mode is {mode!r}; ONNX export covers "
+                         "whole-image inference: set model.test_cfg.mode='whole'")
+    return task
 
 
 class _OnnxGraph(nn.Module):
@@ -101,7 +92,7 @@ class _OnnxGraph(nn.Module):
 
 def output_names(model: nn.Module) -> List[str]:
     """Names of the ONNX outputs of ``model``, in order."""
-    task = model_task(model)
+    task = exportable_task(model)
     if task == 'classification':
         return ['logits']
     if task == 'segmentation':
@@ -113,7 +104,7 @@ def output_names(model: nn.Module) -> List[str]:
 @torch.no_grad()
 def reference_outputs(model: nn.Module, inputs: torch.Tensor) -> List[torch.Tensor]:
     """PyTorch outputs the ONNX graph must reproduce, computed by the libraries' own code paths."""
-    task = model_task(model)
+    task = exportable_task(model)
     if task == 'segmentation':
         shape = tuple(inputs.shape[2:])
         metas = [dict(img_shape=shape, pad_shape=shape, ori_shape=shape)] * inputs.shape[0]
@@ -138,7 +129,7 @@ def export_onnx(model: nn.Module, path: str, input_shape: Optional[Sequence[int]
         The output names (see the module doc for their meaning and shapes).
     """
     require_onnx()
-    task = model_task(model)
+    task = exportable_task(model)
     if input_shape is None:
         input_shape = (1, 3) + DEFAULT_INPUT_SIZE[task]
     if len(input_shape) != 4:
@@ -173,13 +164,10 @@ def export_module(graph: nn.Module, dummies: tuple, path: str, input_names: Sequ
     """Trace ``graph`` (eval mode) on ``dummies`` and write it to ``path`` as ONNX, atomically.
 
     Static output sizes are written into the graph (see :func:`_set_static_dims`) and
-    ``metadata`` into its ``metadata_props``. The file gets the permissions ``open`` would give.
+    ``metadata`` into its ``metadata_props``; the file is written by
+    :func:`~mobileone_dense.engine.deploy.write_atomically`.
     """
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             # MobileOne's input-channel check is a Python bool under tracing: constant by
             # design (channels are not a dynamic axis). The legacy exporter's deprecation notices
@@ -189,24 +177,16 @@ def export_module(graph: nn.Module, dummies: tuple, path: str, input_names: Sequ
             warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.onnx')
             # The TorchScript (legacy, dynamo=False) exporter, not torch 2.14's default dynamo
             # one: these are plain conv nets (Conv, Relu/Clip, pooling, Resize, Gemm) that it
-            # traces exactly with dynamic_axes, in well under a second per model, while the
-            # dynamo exporter takes 7-18 s per S0 model here (torch.export + onnxscript
-            # optimizer) and needs explicit ranges for every dynamic dimension. Both give the
-            # same outputs; the parity check below guards either way.
+            # traces exactly with dynamic_axes, much faster than the dynamo exporter
+            # (torch.export + onnxscript optimizer), which also needs explicit ranges for every
+            # dynamic dimension. Both give the same outputs; the parity check guards either way.
             torch.onnx.export(graph, tuple(dummies), tmp, dynamo=False,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes=dynamic_axes, opset_version=opset,
                               do_constant_folding=True)
-        with torch.no_grad():
             shapes = [o.shape for o in graph(*dummies)]
         _set_static_dims(tmp, shapes, dynamic_axes or {}, output_names, metadata or {})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, write, '.tmp')
 
 
 def _set_static_dims(path: str, shapes: Sequence[torch.Size], dynamic_axes: dict,

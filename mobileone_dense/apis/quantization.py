@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from mmengine.evaluator import Evaluator
 from mmengine.structures import InstanceData, PixelData
 
-from ..engine.deploy import _write_atomically
+from ..engine.deploy import write_atomically
 from .onnx_data import preprocessed_batches, split_dataset, spread_indices
 from .onnx_export import onnx_session, ssd_postprocess
 from .onnx_metadata import read_metadata
@@ -227,7 +227,7 @@ def quantize_onnx(float_path: str, out_path: str, feeds: List[Dict[str, np.ndarr
                 activation_type=getattr(QuantType, activation_type),
                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                 calibrate_method=calibration, calibration_cache_path=cache)
-        _write_atomically(out_path, write, '.onnx')
+        write_atomically(out_path, write, '.onnx')
     return excluded
 
 

@@ -7,21 +7,7 @@ import cv2
 import numpy as np
 import torch.nn as nn
 
-
-def model_task(model: nn.Module) -> str:
-    """'detection', 'segmentation' or 'classification', from the model's class (mmdet / mmseg /
-    mmpretrain base classes)."""
-    from mmdet.models.detectors import BaseDetector
-    from mmpretrain.models.classifiers import BaseClassifier
-    from mmseg.models.segmentors import BaseSegmentor
-    if isinstance(model, BaseDetector):
-        return 'detection'
-    if isinstance(model, BaseSegmentor):
-        return 'segmentation'
-    if isinstance(model, BaseClassifier):
-        return 'classification'
-    raise TypeError(f'no demo for {type(model).__name__} models: the demo handles mmdet '
-                    'detectors, mmseg segmentors and mmpretrain classifiers')
+from ..models.tasks import model_task
 
 
 def predict(model: nn.Module, image: np.ndarray) -> Any:

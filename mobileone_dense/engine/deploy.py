@@ -37,14 +37,19 @@ def replace_durably(tmp: str, path: str) -> None:
         pass
 
 
-def _write_atomically(path: str, write: Callable[[str], None], suffix: str) -> None:
-    """``write(tmp)`` to a temp file beside ``path``, then :func:`replace_durably`."""
+def write_atomically(path: str, write: Callable[[str], None], suffix: str) -> None:
+    """``write(tmp)`` to a temp file beside ``path``, then :func:`replace_durably`: the one atomic
+    writer of the package (checkpoints, configs, ONNX files, JSON). The file gets the permissions
+    ``open`` would have given it (``mkstemp`` creates it readable by its owner only)."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix=suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         replace_durably(tmp, path)
     except BaseException:
         if osp.exists(tmp):
@@ -54,12 +59,12 @@ def _write_atomically(path: str, write: Callable[[str], None], suffix: str) -> N
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
-    _write_atomically(path, lambda tmp: torch.save(obj, tmp), '.tmp')
+    write_atomically(path, lambda tmp: torch.save(obj, tmp), '.tmp')
 
 
 def atomic_dump_config(cfg: Config, path: str) -> None:
     """``Config.dump`` through a temp file and rename."""
-    _write_atomically(path, cfg.dump, '.py')
+    write_atomically(path, cfg.dump, '.py')
 
 
 def deploy_config(cfg: Config, checkpoint: Union[str, None] = None) -> Config:
@@ -100,9 +105,10 @@ def output_tensors(outputs: Any) -> List[torch.Tensor]:
 
 
 def max_relative_difference(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
-    """max over paired tensors of max|a - b| / max|b|."""
-    errors = [((x.float() - y.float()).abs().max() / y.float().abs().max().clamp_min(1e-12)).item()
-              for x, y in zip(a, b)]
+    """max over paired tensors of max|a - b| / max|b|, computed in float64 (so float64
+    comparisons keep their precision)."""
+    errors = [((x.double() - y.double()).abs().max() / y.double().abs().max().clamp_min(1e-12))
+              .item() for x, y in zip(a, b)]
     if not errors:
         raise ValueError('no tensors to compare')
     return max(errors)

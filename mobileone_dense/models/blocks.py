@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import FoldingError
+
 
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation with ReLU/sigmoid gating (as in the reference MobileOne-S4).
@@ -44,18 +46,20 @@ class ConvNorm(nn.Sequential):
 
 
 def fold_batch_norm(kernel: torch.Tensor, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an inference-mode BN into the preceding bias-free conv kernel.
+    """Fold an inference-mode BN into the preceding bias-free conv kernel: the one BN folding
+    of the package (MobileOne branches here, Conv+BN pairs in ``reparameterize``).
 
-    Returns ``(kernel * gamma / sigma, beta - mu * gamma / sigma)`` computed in float64.
+    Raises :class:`~mobileone_dense.errors.FoldingError` for a norm that is not a BatchNorm or
+    has no running statistics. Returns ``(kernel * gamma / sigma, beta - mu * gamma / sigma)`` computed in float64.
     We do not use ``mmcv.cnn.fuse_conv_bn``: it rewrites Conv->BN module pairs in place, while a
     MobileOne block needs each branch's (kernel, bias) to sum them, including a BN-only branch.
     """
     if not isinstance(bn, _BatchNorm):
-        raise TypeError(f'cannot fold {type(bn).__name__} into a convolution: only BatchNorm '
+        raise FoldingError(f'cannot fold {type(bn).__name__} into a convolution: only BatchNorm '
                         '(BN, SyncBN) layers can be re-parameterized; use norm_cfg=dict(type="BN") '
                         'or dict(type="SyncBN")')
     if bn.running_mean is None or bn.running_var is None:
-        raise RuntimeError(f'cannot re-parameterize {type(bn).__name__} without running statistics '
+        raise FoldingError(f'cannot fold {type(bn).__name__} without running statistics '
                            '(track_running_stats=False): build the model with '
                            'track_running_stats=True and train it so the statistics exist')
     std = (bn.running_var.double() + bn.eps).sqrt()

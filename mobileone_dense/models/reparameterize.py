@@ -5,11 +5,10 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
-from mmcv.cnn.utils.fuse_conv_bn import _fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import WeightsMismatchError
-from .blocks import MobileOneBlock
+from ..errors import FoldingError, WeightsMismatchError
+from .blocks import MobileOneBlock, fold_batch_norm
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
@@ -43,7 +42,7 @@ def fuse_conv_bn_pairs(model: nn.Module) -> List[str]:
     mmcv's ``fuse_conv_bn`` instead pairs any BN with the previous conv *child* of any module,
     assuming registration order is call order: wrong for ``ConvModule(order=('norm', 'conv',
     'act'))`` (the conv is registered first, but the norm runs first) or modules whose forward
-    branches. The folding arithmetic is mmcv's (``_fuse_conv_bn``). A fused BN becomes
+    branches. The folding is :func:`.blocks.fold_batch_norm`'s, in float64. A fused BN becomes
     ``nn.Identity`` (state-dict keys of the BN disappear, the conv gains a ``bias``).
     """
     fused = []
@@ -143,12 +142,13 @@ def load_fused_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor])
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, norm: _BatchNorm) -> None:
-    if norm.running_mean is None or norm.running_var is None:
-        raise ValueError(f'cannot fold {norm}: it has no running statistics '
-                         '(track_running_stats=False); keep it or train with running statistics')
+    """Fold ``norm`` into ``conv`` in place (float64, :func:`.blocks.fold_batch_norm`); the conv
+    gains a bias. Raises ``FoldingError`` when it cannot."""
     if norm.num_features != conv.out_channels:
-        raise ValueError(f'cannot fold {norm} into {conv}: channel counts differ')
-    if norm.weight is None:  # affine=False: gamma 1, beta 0
-        norm.weight = nn.Parameter(torch.ones_like(norm.running_mean), requires_grad=False)
-        norm.bias = nn.Parameter(torch.zeros_like(norm.running_mean), requires_grad=False)
-    _fuse_conv_bn(conv, norm)
+        raise FoldingError(f'cannot fold {norm} into {conv}: channel counts differ')
+    kernel, bias = fold_batch_norm(conv.weight, norm)
+    if conv.bias is not None:  # BN(conv(x) + c) = BN(conv(x)) + c * gamma / sigma
+        bias = bias + fold_batch_norm(conv.bias.reshape(-1, 1, 1, 1), norm)[0].flatten()
+    dtype, trainable = conv.weight.dtype, conv.weight.requires_grad
+    conv.weight = nn.Parameter(kernel.to(dtype), trainable)
+    conv.bias = nn.Parameter(bias.to(dtype), trainable)

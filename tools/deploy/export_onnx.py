@@ -45,12 +45,13 @@ from mobileone_dense.apis.onnx_data import (pipeline_at_scale,  # noqa: E402
                                             preprocessed_batches, split_dataset, spread_indices)
 from mobileone_dense.apis.onnx_end2end import export_end2end  # noqa: E402
 from mobileone_dense.apis.onnx_end2end_check import check_end2end  # noqa: E402
-from mobileone_dense.apis.onnx_export import (DEFAULT_INPUT_SIZE, DEFAULT_OPSET,  # noqa: E402
-                                              OnnxParityError, check_onnx_parity, export_onnx,
-                                              model_task, preprocessing_info, require_onnx)
+from mobileone_dense.apis.onnx_export import (DEFAULT_OPSET, check_onnx_parity,  # noqa: E402
+                                              export_onnx, exportable_task, preprocessing_info,
+                                              require_onnx)
 from mobileone_dense.apis.onnx_metadata import innermost_dataset  # noqa: E402
-from mobileone_dense.engine.deploy import _write_atomically  # noqa: E402
-from mobileone_dense.errors import InputError  # noqa: E402
+from mobileone_dense.engine.deploy import write_atomically  # noqa: E402
+from mobileone_dense.errors import InputError, OnnxParityError  # noqa: E402
+from mobileone_dense.models.tasks import DEFAULT_INPUT_SIZE  # noqa: E402
 
 # The end-to-end check's second size, as (height, width) factors of the test pipeline's size.
 SECOND_SCALE = (0.75, 1.25)
@@ -167,7 +168,7 @@ def export_checked(model, args, out: str, size: tuple, dynamic: bool) -> list:
             what = (f'{report["detections"]} detections equal to model.predict (largest box '
                     f'difference {report["max_box_diff"]:.1e} px, score difference '
                     f'{report["max_score_diff"]:.1e}; {report["at_cut"]} on one side only, '
-                    'with a score at the cut)' if model_task(model) == 'detection' else
+                    'with a score at the cut)' if exportable_task(model) == 'detection' else
                     'outputs equal to PyTorch')
             lines.append(f'end-to-end check on {report["images"] // 2} images of the '
                          f'{args.check_split} split, each at input sizes '
@@ -188,7 +189,7 @@ def export_checked(model, args, out: str, size: tuple, dynamic: bool) -> list:
             raise OnnxParityError(f'onnxruntime outputs differ from PyTorch by {worst:.2e} '
                                   f'(relative) > tolerance {args.tolerance:g}')
 
-    _write_atomically(out, write, '.onnx')
+    write_atomically(out, write, '.onnx')
     return lines
 
 
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
     try:
         require_onnx()
         model = init_model(args.config, args.checkpoint)  # strict load + fuse + eval
-        task = model_task(model)
+        task = exportable_task(model)
     except (ImportError, FileNotFoundError, ValueError, TypeError, InputError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ from mobileone_dense.apis.onnx_metadata import read_metadata  # noqa: E402
 from mobileone_dense.apis.quantization import (METHODS, TASK_METRICS,  # noqa: E402
                                                calibration_feeds, compare_float_int8,
                                                quantize_onnx)
-from mobileone_dense.engine.deploy import _write_atomically  # noqa: E402
+from mobileone_dense.engine.deploy import write_atomically  # noqa: E402
 from mobileone_dense.errors import InputError  # noqa: E402
 
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         def write(tmp: str) -> None:
             with open(tmp, 'w') as f:
                 json.dump(result, f, indent=1)
-        _write_atomically(args.out_json, write, '.json')
+        write_atomically(args.out_json, write, '.json')
     return 0
 
 
