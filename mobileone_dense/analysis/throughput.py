@@ -36,7 +36,8 @@ from ..apis.model_building import build_model_from_config
 from ..models.mobileone import stage_channels
 from ..models.reparameterize import reparameterize
 from .benchmark import (BASELINE_NAMES, OUR_NAMES, TensorMode, build_mmpretrain_mobileone,
-                        build_mobilenet_v2, build_ours, our_config, sync_for)
+                        build_mobilenet_v2, build_ours, our_config, sync_for,
+                        time_callable)
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 # (task, archs) of the inference table: classifiers S0-S4, SSDLite S0/S2, DeepLabV3 S0
@@ -88,22 +89,17 @@ class ThroughputRow:
 def time_rounds(fn: Callable[[], object], sync: Optional[Callable[[], None]], warmup: int,
                 rounds: int, min_round_s: float) -> Tuple[float, int]:
     """(median seconds per call, calls per round): ``warmup`` calls, then ``rounds`` rounds of
-    back-to-back calls, synchronized before and after each round."""
-    def timed(calls: int) -> float:
-        if sync is not None:
-            sync()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if sync is not None:
-            sync()
-        return time.perf_counter() - start
-
+    back-to-back calls (enough for ``min_round_s``), each round timed by
+    :func:`.benchmark.time_callable` (synchronized before and after)."""
     for _ in range(warmup):
         fn()
-    one = max(timed(1), 1e-6)
+    one = max(time_callable(fn, 0, 1, sync)[0], 1e-6)
     calls = max(1, min(1000, math.ceil(min_round_s / one)))
-    return statistics.median(timed(calls) for _ in range(rounds)) / calls, calls
+
+    def round_of_calls() -> None:
+        for _ in range(calls):
+            fn()
+    return statistics.median(time_callable(round_of_calls, 0, rounds, sync)) / calls, calls
 
 
 def _peak_tracking(device: str) -> Tuple[Callable[[], None], Callable[[], Optional[float]]]:

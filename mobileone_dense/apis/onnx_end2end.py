@@ -155,7 +155,12 @@ class DetectionEnd2End(nn.Module):
 
     def _decode(self, anchors: torch.Tensor, deltas: torch.Tensor,
                 x: torch.Tensor) -> torch.Tensor:
-        """mmdet's ``delta2bbox`` on ``(N, M, 4)`` anchors and deltas, clipped to the input."""
+        """mmdet's ``delta2bbox`` on ``(N, M, 4)`` anchors and deltas, clipped to the input.
+
+        Written out rather than called: mmdet 3.3.0's ``delta2bbox`` clips in place to Python
+        ints (the traced graph would keep the export size), and its ``onnx_delta2bbox`` imports
+        ``mmdet.core.export`` under export, a module mmdet 3.x no longer has.
+        """
         coder = self.model.bbox_head.bbox_coder
         deltas = deltas * deltas.new_tensor(coder.stds) + deltas.new_tensor(coder.means)
         dxy, dwh = deltas[..., :2], deltas[..., 2:]
