@@ -13,6 +13,7 @@ mmengine pays one string comparison per import (no mmengine, no mobileone_dense 
 ``pip uninstall mobileone_dense`` both files are gone; the ``.pth`` line also ignores a missing
 module, so Python starts normally in any case.
 """
+
 # Only ``sys``: this runs at every Python start-up, and ``importlib.abc`` alone would pull in
 # pathlib, tempfile and typing.
 import sys
@@ -30,10 +31,10 @@ class _RegisterScope:
             return None
         sys.meta_path.remove(self)
         for finder in sys.meta_path:  # the spec the other finders give, loaded as usual
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, 'find_spec') \
-                else None
-            if spec is not None and spec.loader is not None and hasattr(spec.loader,
-                                                                        'exec_module'):
+            spec = (
+                finder.find_spec(fullname, path, target) if hasattr(finder, 'find_spec') else None
+            )
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, 'exec_module'):
                 spec.loader = _Loader(spec.loader)
                 return spec
         return None

@@ -1,5 +1,6 @@
-"""Install mobileone_dense; ships configs/ as package data under mobileone_dense/.mim/configs so that
-mmengine's ``mobileone_dense::folder/file.py`` config inheritance finds them."""
+"""Install mobileone_dense; ships configs/ as package data under mobileone_dense/.mim/configs so
+that mmengine's ``mobileone_dense::folder/file.py`` config inheritance finds them."""
+
 import os
 import os.path as osp
 import shutil
@@ -20,6 +21,7 @@ class BuildPyWithScopeHook(build_py):
     installed, beside the module it imports), so wheels and editable installs both carry it."""
 
     def run(self) -> None:
+        ship_configs()  # before build_py collects package data (.mim/ must exist by then)
         super().run()
         target = self.build_lib
         if getattr(self, 'editable_mode', False):
@@ -57,12 +59,14 @@ def config_files() -> list:
     files = ['.mim/model-index.yml']
     for dirpath, _, filenames in os.walk(osp.join(ROOT, 'configs')):
         rel = osp.relpath(dirpath, osp.join(ROOT, 'configs'))
-        files += [osp.normpath(osp.join('.mim', 'configs', 'configs', rel, f))
-                  for f in filenames if f.endswith('.py')]
+        files += [
+            osp.normpath(osp.join('.mim', 'configs', 'configs', rel, f))
+            for f in filenames
+            if f.endswith('.py')
+        ]
     return files
 
 
-ship_configs()
 setup(
     name='mobileone_dense',
     version='0.1.0',
@@ -73,8 +77,16 @@ setup(
     package_data={'mobileone_dense': config_files()},
     include_package_data=False,
     python_requires='>=3.9',
-    install_requires=['torch', 'mmengine>=0.10.0', 'mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0',
-                      'mmsegmentation>=1.0.0', 'mmpretrain>=1.0.0', 'pycocotools', 'opencv-python'],
+    install_requires=[
+        'torch',
+        'mmengine>=0.10.0',
+        'mmcv>=2.0.0,<2.2.0',
+        'mmdet>=3.0.0',
+        'mmsegmentation>=1.0.0',
+        'mmpretrain>=1.0.0',
+        'pycocotools',
+        'opencv-python',
+    ],
     extras_require={'deploy': ['onnx', 'onnxruntime', 'onnxscript'], 'tests': ['pytest', 'timm']},
     zip_safe=False,
 )

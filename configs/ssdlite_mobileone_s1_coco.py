@@ -6,4 +6,5 @@ channels = (512, 1280)
 model = dict(
     backbone=dict(arch=arch),
     neck=dict(in_channels=channels, out_channels=channels + (512, 256, 256, 128)),
-    bbox_head=dict(in_channels=channels + (512, 256, 256, 128)))
+    bbox_head=dict(in_channels=channels + (512, 256, 256, 128)),
+)

@@ -6,4 +6,5 @@ channels = (896, 2048)
 model = dict(
     backbone=dict(arch=arch),
     neck=dict(in_channels=channels, out_channels=channels + (512, 256, 256, 128)),
-    bbox_head=dict(in_channels=channels + (512, 256, 256, 128)))
+    bbox_head=dict(in_channels=channels + (512, 256, 256, 128)),
+)

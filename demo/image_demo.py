@@ -2,20 +2,21 @@
 
     python demo/image_demo.py IMAGE CONFIG CHECKPOINT --out-file out.png [--score-thr 0.3]
 
-The model is fused (re-parameterized) before inference. Any image size, grayscale, RGBA and
+The model is re-parameterized (deploy form) before inference. Any image size, grayscale, RGBA and
 16-bit images are accepted. Detection configs draw boxes, labels and scores; segmentation
 configs a colour overlay with a legend of the classes present; classification configs the
 top-5 classes and their scores (PNG). ``--device cuda:0`` runs on a GPU.
 """
+
 import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
-import mobileone_dense  # noqa: E402,F401
-from mobileone_dense.apis.inference import init_model, read_image  # noqa: E402
-from mobileone_dense.apis.visualization import draw_prediction, predict  # noqa: E402
-from mobileone_dense.errors import InputError  # noqa: E402
+import mobileone_dense  # noqa: F401
+from mobileone_dense.apis.inference import init_model, read_image
+from mobileone_dense.apis.visualization import draw_prediction, predict
+from mobileone_dense.errors import InputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

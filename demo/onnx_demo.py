@@ -23,6 +23,7 @@ resampling redone in numpy: each pass is exact; when both sides change, Pillow 1
 the vertical pass first, which moves some pixels by a grey level or two (a resize of one side
 only, as ``ResizeEdge`` of a square image, is identical).
 """
+
 import argparse
 import json
 import os
@@ -34,9 +35,13 @@ import numpy as np
 import onnxruntime as ort
 
 PREFIX = 'mobileone_dense.'
-CV2_INTERPOLATION = dict(nearest=cv2.INTER_NEAREST, bilinear=cv2.INTER_LINEAR,
-                         bicubic=cv2.INTER_CUBIC, area=cv2.INTER_AREA,
-                         lanczos=cv2.INTER_LANCZOS4)
+CV2_INTERPOLATION = dict(
+    nearest=cv2.INTER_NEAREST,
+    bilinear=cv2.INTER_LINEAR,
+    bicubic=cv2.INTER_CUBIC,
+    area=cv2.INTER_AREA,
+    lanczos=cv2.INTER_LANCZOS4,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,10 +59,12 @@ def read_metadata(session: ort.InferenceSession) -> dict:
     """The file's ``mobileone_dense.*`` metadata, decoded (written by
     mobileone_dense/apis/onnx_metadata.py)."""
     props = session.get_modelmeta().custom_metadata_map
-    meta = {k[len(PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}
+    meta = {k[len(PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}
     if not meta:
-        raise ValueError('the ONNX file has no mobileone_dense metadata: export it with '
-                         'tools/deploy/export_onnx.py')
+        raise ValueError(
+            'the ONNX file has no mobileone_dense metadata: export it with '
+            'tools/deploy/export_onnx.py'
+        )
     return meta
 
 
@@ -71,8 +78,12 @@ def _pil_filter(name: str):
 
         def cubic(x):
             x = np.abs(x)
-            return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
-                            np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+            return np.where(
+                x < 1.0,
+                ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0),
+            )
+
         return 2.0, cubic
     raise ValueError(f'pillow {name!r} resizing is not reproduced here; use bilinear or bicubic')
 
@@ -101,8 +112,13 @@ def _pil_pass(image: np.ndarray, out_size: int, axis: int, filt) -> np.ndarray:
     return np.stack(columns, axis=axis).astype(np.uint8)
 
 
-def resize(image: np.ndarray, width: int, height: int, interpolation: str = 'bilinear',
-           backend: str = 'cv2') -> np.ndarray:
+def resize(
+    image: np.ndarray,
+    width: int,
+    height: int,
+    interpolation: str = 'bilinear',
+    backend: str = 'cv2',
+) -> np.ndarray:
     """``mmcv.imresize``: OpenCV, or Pillow's two-pass ``ImagingResample`` in numpy (horizontal
     pass first, as Pillow up to 12 always did)."""
     if backend != 'pillow':
@@ -142,12 +158,14 @@ def apply_transform(image: np.ndarray, step: dict, info: dict) -> np.ndarray:
         crop = step['crop_size']
         crop_w, crop_h = (crop, crop) if isinstance(crop, int) else crop
         crop_w, crop_h = min(crop_w, w), min(crop_h, h)
-        y1, x1 = max(0, int(round((h - crop_h) / 2.))), max(0, int(round((w - crop_w) / 2.)))
-        image = image[y1:y1 + crop_h, x1:x1 + crop_w]
+        y1, x1 = max(0, int(round((h - crop_h) / 2.0))), max(0, int(round((w - crop_w) / 2.0)))
+        image = image[y1 : y1 + crop_h, x1 : x1 + crop_w]
     else:
-        raise ValueError(f'the test pipeline step {kind!r} has no numpy version in this demo '
-                         '(supported: Resize, ResizeEdge, CenterCrop); preprocess in Python '
-                         'with the config instead')
+        raise ValueError(
+            f'the test pipeline step {kind!r} has no numpy version in this demo '
+            '(supported: Resize, ResizeEdge, CenterCrop); preprocess in Python '
+            'with the config instead'
+        )
     new_h, new_w = image.shape[:2]
     if kind != 'CenterCrop':
         sw, sh = info['scale_factor']
@@ -160,8 +178,10 @@ def preprocess(image: np.ndarray, meta: dict):
     ``info`` (``scale_factor`` (w, h), ``ori_shape``)."""
     pre = meta['preprocess']
     if pre.get('transforms') is None:
-        raise ValueError('the file does not record the test transforms (exported from a model '
-                         'without its config): export it with tools/deploy/export_onnx.py')
+        raise ValueError(
+            'the file does not record the test transforms (exported from a model '
+            'without its config): export it with tools/deploy/export_onnx.py'
+        )
     info = dict(scale_factor=(1.0, 1.0), ori_shape=image.shape[:2])
     for step in pre['transforms']:
         image = apply_transform(image, step, info)
@@ -182,23 +202,30 @@ def predict(session: ort.InferenceSession, meta: dict, image: np.ndarray) -> dic
     names = [o.name for o in session.get_outputs()]
     if task == 'detection':
         if layout != 'end2end':
-            raise ValueError('this detection model gives raw head outputs; export it with '
-                             'tools/deploy/export_onnx.py --end2end for this demo')
+            raise ValueError(
+                'this detection model gives raw head outputs; export it with '
+                'tools/deploy/export_onnx.py --end2end for this demo'
+            )
         feed = {'input': x, 'scale_factor': np.array([info['scale_factor']], np.float32)}
         out = dict(zip(names, session.run(None, feed)))
         n = int(out['num_dets'][0])
-        return dict(boxes=out['boxes'][0, :n], scores=out['scores'][0, :n],
-                    labels=out['labels'][0, :n])
+        return dict(
+            boxes=out['boxes'][0, :n], scores=out['scores'][0, :n], labels=out['labels'][0, :n]
+        )
     out = session.run(None, {'input': x})
     if task == 'segmentation':
         h, w = info['ori_shape']
         if layout == 'end2end':  # label map at the input size
-            labels = cv2.resize(out[0][0].astype(np.int32), (w, h),
-                                interpolation=cv2.INTER_NEAREST)
+            labels = cv2.resize(out[0][0].astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
         else:  # mmseg: logits resized bilinearly (half-pixel centres), then argmax
             logits = out[0][0].transpose(1, 2, 0)
-            resized = np.stack([cv2.resize(logits[..., c], (w, h), interpolation=cv2.INTER_LINEAR)
-                                for c in range(logits.shape[-1])], -1)
+            resized = np.stack(
+                [
+                    cv2.resize(logits[..., c], (w, h), interpolation=cv2.INTER_LINEAR)
+                    for c in range(logits.shape[-1])
+                ],
+                -1,
+            )
             labels = resized.argmax(-1)
         return dict(labels=labels.astype(np.int64))
     if layout == 'end2end':
@@ -219,10 +246,12 @@ def draw_detections(image: np.ndarray, result: dict, classes, palette, score_thr
     canvas = image.copy()
     keep = result['scores'] > score_thr
     font, text_colour = cv2.FONT_HERSHEY_SIMPLEX, (200, 200, 200)
-    for box, score, label in zip(result['boxes'][keep], result['scores'][keep],
-                                 result['labels'][keep]):
-        colour = tuple(int(c) for c in (palette[label] if label < len(palette)
-                                        else (255, 0, 0)))[::-1]  # RGB -> BGR
+    for box, score, label in zip(
+        result['boxes'][keep], result['scores'][keep], result['labels'][keep]
+    ):
+        colour = tuple(int(c) for c in (palette[label] if label < len(palette) else (255, 0, 0)))[
+            ::-1
+        ]  # RGB -> BGR
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         overlay = canvas.copy()
         cv2.rectangle(overlay, (x1, y1), (x2, y2), colour, 3)
@@ -231,10 +260,9 @@ def draw_detections(image: np.ndarray, result: dict, classes, palette, score_thr
         text = f'{name}: {round(float(score) * 100, 1)}'
         (width, height), base = cv2.getTextSize(text, font, 0.33, 1)
         x, y = x1 + 3, y1 + 3
-        patch = canvas[y:y + height + base + 2, x:x + width + 4]
+        patch = canvas[y : y + height + base + 2, x : x + width + 4]
         patch[:] = (patch * 0.2).astype(np.uint8)
-        cv2.putText(canvas, text, (x + 2, y + height + 1), font, 0.33, text_colour, 1,
-                    cv2.LINE_AA)
+        cv2.putText(canvas, text, (x + 2, y + height + 1), font, 0.33, text_colour, 1, cv2.LINE_AA)
     return canvas
 
 
@@ -250,22 +278,33 @@ def draw_segmentation(image, labels, classes, palette, opacity: float = 0.5):
     valid = labels < len(colours)
     overlay = image.copy()
     overlay[valid] = (image[valid] * (1 - opacity) + colours[labels[valid]] * opacity).astype(
-        np.uint8)
+        np.uint8
+    )
     ids, counts = np.unique(labels[valid], return_counts=True)
     order = np.argsort(-counts)
-    present = [(classes[i] if i < len(classes) else str(i), c / labels.size)
-               for i, c in zip(ids[order].tolist(), counts[order].tolist())]
+    present = [
+        (classes[i] if i < len(classes) else str(i), c / labels.size)
+        for i, c in zip(ids[order].tolist(), counts[order].tolist())
+    ]
     row, swatch, width = 22, 16, 220
     legend = np.full((max(image.shape[0], row * (len(present) + 1)), width, 3), 255, np.uint8)
     for k, ((name, share), i) in enumerate(zip(present, ids[order].tolist())):
         y = 6 + k * row
         cv2.rectangle(legend, (8, y), (8 + swatch, y + swatch), colours[i].tolist(), -1)
         cv2.rectangle(legend, (8, y), (8 + swatch, y + swatch), (0, 0, 0), 1)
-        cv2.putText(legend, f'{name} {share:.0%}', (8 + swatch + 8, y + swatch - 3),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            legend,
+            f'{name} {share:.0%}',
+            (8 + swatch + 8, y + swatch - 3),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     canvas = np.full((legend.shape[0], image.shape[1] + width, 3), 255, np.uint8)
-    canvas[:image.shape[0], :image.shape[1]] = overlay
-    canvas[:, image.shape[1]:] = legend
+    canvas[: image.shape[0], : image.shape[1]] = overlay
+    canvas[:, image.shape[1] :] = legend
     return canvas, present
 
 
@@ -278,11 +317,19 @@ def draw_classification(image, scores, classes, k: int = 5):
     for j, (name, score) in enumerate(top):
         y = 6 + j * row
         cv2.rectangle(panel, (8, y), (8 + int(80 * score), y + 16), (80, 160, 80), -1)
-        cv2.putText(panel, f'{score:.2f} {name}'[:34], (94, y + 13), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            panel,
+            f'{score:.2f} {name}'[:34],
+            (94, y + 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     canvas = np.full((panel.shape[0], image.shape[1] + width, 3), 255, np.uint8)
-    canvas[:image.shape[0], :image.shape[1]] = image
-    canvas[:, image.shape[1]:] = panel
+    canvas[: image.shape[0], : image.shape[1]] = image
+    canvas[:, image.shape[1] :] = panel
     return canvas, top
 
 
@@ -294,13 +341,17 @@ def draw(image: np.ndarray, meta: dict, result: dict, score_thr: float):
         drawing = draw_detections(image, result, classes, palette, score_thr)
         keep = result['scores'] >= score_thr
         names = [classes[i] if i < len(classes) else str(i) for i in result['labels'][keep]]
-        return drawing, (f'{int(keep.sum())} detections with score >= {score_thr}'
-                         + (f': {", ".join(sorted(set(names)))}' if names else ''))
+        return drawing, (
+            f'{int(keep.sum())} detections with score >= {score_thr}'
+            + (f': {", ".join(sorted(set(names)))}' if names else '')
+        )
     if meta['task'] == 'segmentation':
-        drawing, present = draw_segmentation(image, result['labels'], classes,
-                                             palette or _default_palette(len(classes)))
+        drawing, present = draw_segmentation(
+            image, result['labels'], classes, palette or _default_palette(len(classes))
+        )
         return drawing, f'{len(present)} classes: ' + ', '.join(
-            f'{name} {share:.0%}' for name, share in present)
+            f'{name} {share:.0%}' for name, share in present
+        )
     drawing, top = draw_classification(image, result['scores'], classes)
     return drawing, f'top-{len(top)}: ' + ', '.join(f'{n} {s:.2f}' for n, s in top)
 
@@ -308,17 +359,30 @@ def draw(image: np.ndarray, meta: dict, result: dict, score_thr: float):
 def to_json(meta: dict, result: dict) -> dict:
     classes = meta.get('classes') or []
     if meta['task'] == 'detection':
-        return dict(task='detection', detections=[
-            dict(box=[float(v) for v in box], score=float(score), label=int(label),
-                 name=classes[label] if label < len(classes) else str(label))
-            for box, score, label in zip(result['boxes'], result['scores'], result['labels'])])
+        return dict(
+            task='detection',
+            detections=[
+                dict(
+                    box=[float(v) for v in box],
+                    score=float(score),
+                    label=int(label),
+                    name=classes[label] if label < len(classes) else str(label),
+                )
+                for box, score, label in zip(result['boxes'], result['scores'], result['labels'])
+            ],
+        )
     if meta['task'] == 'segmentation':
         ids, counts = np.unique(result['labels'], return_counts=True)
-        return dict(task='segmentation', shape=list(result['labels'].shape),
-                    pixels={int(i): int(c) for i, c in zip(ids, counts)})
+        return dict(
+            task='segmentation',
+            shape=list(result['labels'].shape),
+            pixels={int(i): int(c) for i, c in zip(ids, counts)},
+        )
     order = np.argsort(-result['scores'])[:5]
-    return dict(task='classification', top=[dict(label=int(i), score=float(result['scores'][i]))
-                                            for i in order])
+    return dict(
+        task='classification',
+        top=[dict(label=int(i), score=float(result['scores'][i])) for i in order],
+    )
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,13 @@
-"""The quickstart: train, validate, fuse, test and demo SSDLite-MobileOne-S0 with no dataset.
+"""The quickstart: train, validate, reparameterize, test, demo SSDLite-MobileOne-S0, no dataset.
 
     python demo/quickstart.py [--work-dir work_dirs/quickstart] [--iters 180]
 
 Generates a small COCO-format set (JPEG files + instances_*.json of shapes on varied
 backgrounds), trains the real S0 detection config on it on the CPU (shortened schedule, see
-mobileone_dense.apis.quickstart_config), validates the fused model with mmdet's CocoMetric,
-tests it, and draws the fused model's detections on a validation image.
+mobileone_dense.apis.quickstart_config), validates the deploy model with mmdet's CocoMetric,
+tests it, and draws the deploy model's detections on a validation image.
 """
+
 import argparse
 import glob
 import logging
@@ -15,12 +16,12 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
-import mobileone_dense  # noqa: E402,F401
-from mobileone_dense.apis.inference import init_model, read_image  # noqa: E402
-from mobileone_dense.apis.quickstart import quickstart_config  # noqa: E402
-from mobileone_dense.apis.visualization import draw_prediction, predict  # noqa: E402
-from mobileone_dense.datasets import make_coco_shapes  # noqa: E402
-from mobileone_dense.engine import ReparameterizeHook, Runner  # noqa: E402
+import mobileone_dense  # noqa: F401
+from mobileone_dense.apis.inference import init_model, read_image
+from mobileone_dense.apis.quickstart import quickstart_config
+from mobileone_dense.apis.visualization import draw_prediction, predict
+from mobileone_dense.datasets import make_coco_shapes
+from mobileone_dense.engine import ReparameterizeHook, Runner
 
 
 def main(argv=None) -> int:
@@ -28,8 +29,12 @@ def main(argv=None) -> int:
     parser.add_argument('--work-dir', default='work_dirs/quickstart')
     parser.add_argument('--iters', type=int, default=180, help='training iterations')
     parser.add_argument('--batch-size', type=int, default=4)
-    parser.add_argument('--input-size', type=int, default=256,
-                        help='square input size for training, validation and test (pixels)')
+    parser.add_argument(
+        '--input-size',
+        type=int,
+        default=256,
+        help='square input size for training, validation and test (pixels)',
+    )
     args = parser.parse_args(argv)
     start = time.time()
     work_dir = osp.abspath(args.work_dir)
@@ -38,15 +43,23 @@ def main(argv=None) -> int:
         make_coco_shapes(data_root, num_train=32, num_val=8)
     print(f'[quickstart] data: {data_root} (32 train / 8 val images, COCO format)', flush=True)
 
-    cfg = quickstart_config(data_root, work_dir, max_iters=args.iters,
-                            batch_size=args.batch_size, input_size=args.input_size)
+    cfg = quickstart_config(
+        data_root,
+        work_dir,
+        max_iters=args.iters,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+    )
     runner = Runner.from_cfg(cfg)
     runner.logger.setLevel(logging.INFO)
-    print(f'[quickstart] training SSDLite-MobileOne-S0 for {args.iters} iterations on the CPU '
-          '(progress and ETA every 10 iterations)', flush=True)
+    print(
+        f'[quickstart] training SSDLite-MobileOne-S0 for {args.iters} iterations on the CPU '
+        '(progress and ETA every 10 iterations)',
+        flush=True,
+    )
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, ReparameterizeHook))
-    metrics = runner.test()  # the hook fuses the model before testing
+    metrics = runner.test()  # the hook re-parameterizes the model before testing
 
     image_path = sorted(glob.glob(osp.join(data_root, 'val2017', '*.jpg')))[0]
     model = init_model(hook.deploy_files['config'], hook.deploy_files['checkpoint'])
@@ -56,12 +69,16 @@ def main(argv=None) -> int:
 
     print('\n[quickstart] done in {:.1f} min'.format((time.time() - start) / 60))
     if 'coco/bbox_mAP_50' in metrics:
-        print(f'  fused model, val2017 of the generated set: bbox mAP@0.5 = '
-              f'{metrics["coco/bbox_mAP_50"]:.3f}, mAP@[.5:.95] = {metrics["coco/bbox_mAP"]:.3f}')
+        print(
+            f'  deploy model, val2017 of the generated set: bbox mAP@0.5 = '
+            f'{metrics["coco/bbox_mAP_50"]:.3f}, mAP@[.5:.95] = {metrics["coco/bbox_mAP"]:.3f}'
+        )
     else:  # CocoMetric returns nothing when no box passes the score threshold
-        print('  fused model, val2017 of the generated set: bbox mAP@0.5 = 0.000 (no detection '
-              'above the score threshold yet: train longer with --iters)')
-    print(f'  fused vs unfused outputs (relative): {hook.last_fusion_error:.1e}')
+        print(
+            '  deploy model, val2017 of the generated set: bbox mAP@0.5 = 0.000 (no detection '
+            'above the score threshold yet: train longer with --iters)'
+        )
+    print(f'  deploy vs train-time outputs (relative): {hook.last_deploy_error:.1e}')
     print(f'  training checkpoint : {osp.join(work_dir, f"iter_{args.iters}.pth")}')
     print(f'  deploy checkpoint   : {hook.deploy_files["checkpoint"]}')
     print(f'  deploy config       : {hook.deploy_files["config"]}')

@@ -1,4 +1,5 @@
 """MobileOne backbones for dense prediction (mmdet, mmseg) and classification (mmpretrain)."""
+
 from mobileone_dense_mmengine_scope import install as _register_config_scope
 
 from . import datasets  # noqa: F401  (registers our datasets and transforms)
@@ -12,4 +13,4 @@ __version__ = '0.1.0'
 # process (mmdet's/mmseg's own tools too); this covers checkouts used without installing.
 _register_config_scope()
 
-__all__ = ["MobileOne", "MobileOneBlock", "ReparameterizeHook", "reparameterize", "__version__"]
+__all__ = ['MobileOne', 'MobileOneBlock', 'ReparameterizeHook', 'reparameterize', '__version__']

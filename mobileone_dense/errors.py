@@ -27,7 +27,8 @@ class CheckpointError(InputError, RuntimeError):
 
 
 class WeightsMismatchError(InputError, ValueError):
-    """Weights that do not fit the model (another variant, another task, fused vs unfused)."""
+    """Weights that do not fit the model (another variant, another task, deploy vs
+    train-time form)."""
 
 
 class ConfigError(InputError, ValueError):

@@ -2,9 +2,11 @@
 
 Only what determines its state-dict layout and its function is kept: ``stage0`` (stem) ...
 ``stage4``, blocks with ``rbr_skip`` (BN), ``rbr_conv`` (k conv-BN), ``rbr_scale`` (1x1 conv-BN),
-``se`` (reduce/expand), ``reparam_conv`` when fused, and ``linear``. Used to check that Apple's
+``se`` (reduce/expand), ``reparam_conv`` in inference mode, and ``linear``. Used to check that
+Apple's
 checkpoints convert to identical features.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,8 +31,18 @@ def conv_bn(in_c, out_c, k, stride, padding, groups):
 
 
 class MobileOneBlock(nn.Module):
-    def __init__(self, in_c, out_c, k, stride=1, padding=0, groups=1, inference_mode=False,
-                 use_se=False, num_conv_branches=1):
+    def __init__(
+        self,
+        in_c,
+        out_c,
+        k,
+        stride=1,
+        padding=0,
+        groups=1,
+        inference_mode=False,
+        use_se=False,
+        num_conv_branches=1,
+    ):
         super().__init__()
         self.se = SEBlock(out_c) if use_se else nn.Identity()
         self.activation = nn.ReLU()
@@ -38,8 +50,9 @@ class MobileOneBlock(nn.Module):
             self.reparam_conv = nn.Conv2d(in_c, out_c, k, stride, padding, groups=groups, bias=True)
             return
         self.rbr_skip = nn.BatchNorm2d(in_c) if out_c == in_c and stride == 1 else None
-        self.rbr_conv = nn.ModuleList(conv_bn(in_c, out_c, k, stride, padding, groups)
-                                      for _ in range(num_conv_branches))
+        self.rbr_conv = nn.ModuleList(
+            conv_bn(in_c, out_c, k, stride, padding, groups) for _ in range(num_conv_branches)
+        )
         self.rbr_scale = conv_bn(in_c, out_c, 1, stride, 0, groups) if k > 1 else None
 
     def forward(self, x):
@@ -77,10 +90,12 @@ class AppleMobileOne(nn.Module):
         num_blocks = (2, 8, 10, 1)
         self.stage1 = self._make_stage(int(64 * widths[0]), num_blocks[0], 0)
         self.stage2 = self._make_stage(int(128 * widths[1]), num_blocks[1], 0)
-        self.stage3 = self._make_stage(int(256 * widths[2]), num_blocks[2],
-                                       int(num_blocks[2] // 2) if use_se else 0)
-        self.stage4 = self._make_stage(int(512 * widths[3]), num_blocks[3],
-                                       num_blocks[3] if use_se else 0)
+        self.stage3 = self._make_stage(
+            int(256 * widths[2]), num_blocks[2], int(num_blocks[2] // 2) if use_se else 0
+        )
+        self.stage4 = self._make_stage(
+            int(512 * widths[3]), num_blocks[3], num_blocks[3] if use_se else 0
+        )
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(int(512 * widths[3]), num_classes)
 
@@ -88,10 +103,16 @@ class AppleMobileOne(nn.Module):
         blocks = []
         for ix, stride in enumerate([2] + [1] * (num_blocks - 1)):
             use_se = ix >= num_blocks - num_se_blocks
-            common = dict(inference_mode=self.inference_mode, use_se=use_se,
-                          num_conv_branches=self.num_conv_branches)
-            blocks.append(MobileOneBlock(self.in_planes, self.in_planes, 3, stride, 1,
-                                         groups=self.in_planes, **common))
+            common = dict(
+                inference_mode=self.inference_mode,
+                use_se=use_se,
+                num_conv_branches=self.num_conv_branches,
+            )
+            blocks.append(
+                MobileOneBlock(
+                    self.in_planes, self.in_planes, 3, stride, 1, groups=self.in_planes, **common
+                )
+            )
             blocks.append(MobileOneBlock(self.in_planes, planes, 1, 1, 0, groups=1, **common))
             self.in_planes = planes
         return nn.Sequential(*blocks)

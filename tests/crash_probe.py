@@ -4,6 +4,7 @@ Imported by ``tools/train.py`` runs through ``custom_imports`` (the test puts th
 PYTHONPATH). The hook marks the moment to kill the run and holds it there, so that the SIGKILL
 lands mid-epoch deterministically instead of racing the training loop.
 """
+
 import json
 import time
 
@@ -20,7 +21,7 @@ class KillPointHook(Hook):
 
     priority = 'LOWEST'
 
-    def __init__(self, marker: str, epoch: int, batch: int, sleep_s: float = 60.) -> None:
+    def __init__(self, marker: str, epoch: int, batch: int, sleep_s: float = 60.0) -> None:
         self.marker, self.epoch, self.batch, self.sleep_s = marker, epoch, batch, sleep_s
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:

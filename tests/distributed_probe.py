@@ -2,10 +2,11 @@
 
 Each process writes ``<work_dir>/probe_rank<rank>.json`` when its run ends: rank and world
 size, the model wrapper and norm layers the Runner built, the model each validation/test ran on
-(fused or not, norm layers, a hash of its weights and buffers), the metrics the rank received,
+(deploy form or not, norm layers, a hash of its weights and buffers), the metrics the rank received,
 and every ``*.pth`` file the process opened for writing (a Python audit hook, so any writer
 counts: mmengine's checkpoint saving, our deploy export).
 """
+
 import hashlib
 import json
 import os
@@ -14,13 +15,13 @@ import sys
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import HOOKS, MODEL_WRAPPERS
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_dense.engine.hooks.reparameterize_hook import has_branches
+from mobileone_dense.models import in_deploy_form
 
 PTH_WRITES = []
 
@@ -30,8 +31,11 @@ def _record_pth_writes(event, args):
     if event != 'open' or not isinstance(args[0], (str, bytes, os.PathLike)):
         return
     path, mode, flags = args
-    writing = any(c in mode for c in 'wax+') if mode else bool(
-        (flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+    writing = (
+        any(c in mode for c in 'wax+')
+        if mode
+        else bool((flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+    )
     if writing and '.pth' in osp.basename(os.fsdecode(path)):
         PTH_WRITES.append(osp.abspath(os.fsdecode(path)))
 
@@ -58,7 +62,7 @@ def norm_layers(model: nn.Module) -> dict:
 
 # SyncBN on CPU tensors: torch has no kernels for its statistics and DDP refuses such modules.
 # In these test processes a SyncBN layer fed CPU tensors normalizes with its own process's batch
-# statistics (as BN), so everything around SyncBN (Runner, DDP, EMA, fused validation, deploy
+# statistics (as BN), so everything around SyncBN (Runner, DDP, EMA, deploy validation, deploy
 # export) runs as in a GPU job; only the cross-process statistics are not exercised.
 _sync_bn_forward = nn.SyncBatchNorm.forward
 
@@ -84,7 +88,7 @@ class CPUSyncBNDistributedDataParallel(MMDistributedDataParallel):
 class DistributedProbeHook(Hook):
     """Records what each rank ran (see the module docstring)."""
 
-    priority = 'LOWEST'  # after ReparameterizeHook has swapped in / fused the evaluated model
+    priority = 'LOWEST'  # after ReparameterizeHook swapped in / reparameterized the evaluated model
 
     def __init__(self) -> None:
         self.record = dict(evaluated=[], metrics=[])
@@ -92,17 +96,27 @@ class DistributedProbeHook(Hook):
     def before_run(self, runner) -> None:
         rank, world_size = get_dist_info()
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        self.record.update(rank=rank, world_size=world_size,
-                           wrapper=type(runner.model).__name__, **norm_layers(model))
+        self.record.update(
+            rank=rank,
+            world_size=world_size,
+            wrapper=type(runner.model).__name__,
+            **norm_layers(model),
+        )
 
     def _evaluated(self, runner, mode) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         digest = hashlib.sha1()
         for key, value in model.state_dict().items():
             digest.update(key.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-        self.record['evaluated'].append(dict(
-            mode=mode, wrapper=type(runner.model).__name__, fused=not has_branches(model),
-            state_sha1=digest.hexdigest(), **norm_layers(model)))
+        self.record['evaluated'].append(
+            dict(
+                mode=mode,
+                wrapper=type(runner.model).__name__,
+                deploy=in_deploy_form(model),
+                state_sha1=digest.hexdigest(),
+                **norm_layers(model),
+            )
+        )
 
     def before_val_epoch(self, runner) -> None:
         self._evaluated(runner, 'val')

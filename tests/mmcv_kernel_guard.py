@@ -11,6 +11,7 @@ then fails, and the log names the kernel even if the caller swallowed the error.
 ``--upstream-nms`` instead runs mmdet's own post-processing (``mmcv.ops.batched_nms``, kernels
 on) in our ``SSDHead``: the reference our torchvision path must equal.
 """
+
 import argparse
 import contextlib
 import os
@@ -25,6 +26,7 @@ def disable_mmcv_kernels(log: str) -> Callable[[], None]:
     """Make every function of ``mmcv._ext`` record its call in ``log`` and raise; returns the
     function that restores them."""
     import mmcv.ops  # noqa: F401  (loads mmcv._ext, as the ops modules do)
+
     ext = sys.modules['mmcv._ext']
     names = [name for name in dir(ext) if not name.startswith('_') and callable(getattr(ext, name))]
     if not names:
@@ -35,6 +37,7 @@ def disable_mmcv_kernels(log: str) -> Callable[[], None]:
             with open(log, 'a') as f:
                 f.write(name + '\n')
             raise RuntimeError(MESSAGE.format(name=name))
+
         return kernel
 
     originals = {name: getattr(ext, name) for name in names}
@@ -56,6 +59,7 @@ def mmcv_kernels_disabled(log: str) -> Iterator[None]:
 def use_upstream_nms() -> None:
     """Let our SSDHead post-process with mmdet's ``_bbox_post_process`` (mmcv's batched_nms)."""
     from mobileone_dense.models.dense_heads.ssd_head import SSDHead
+
     del SSDHead._bbox_post_process  # the class attribute lookup then finds mmdet's
 
 

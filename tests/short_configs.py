@@ -3,6 +3,7 @@
 Shared by the distributed tests (2 CPU processes) and the CUDA tests; the caller sets what is
 specific to its run (backend, hooks, loaders) and dumps the config for the tools.
 """
+
 import os
 import os.path as osp
 
@@ -19,8 +20,9 @@ def config_path(name: str) -> str:
     return osp.join(REPO, 'configs', f'{name}.py')
 
 
-def short_detection_config(root: str, num_train: int = 8, num_val: int = 5,
-                           size: int = 96) -> Config:
+def short_detection_config(
+    root: str, num_train: int = 8, num_val: int = 5, size: int = 96
+) -> Config:
     """``ssdlite_mobileone_s0_coco.py`` on generated COCO data, resized to ``size``; one epoch
     (``num_train / batch`` iterations), validated at its end."""
     data = osp.join(root, 'coco') + '/'
@@ -41,11 +43,14 @@ def short_detection_config(root: str, num_train: int = 8, num_val: int = 5,
 def short_segmentation_config(root: str, max_iters: int = 2, num_val: int = 5) -> Config:
     """``deeplabv3_mobileone_s0_voc.py`` on generated VOC data (64 px crops), ``max_iters``
     iterations, validated and saved at the last."""
-    voc = make_voc_shapes(osp.join(root, 'VOCdevkit'), num_train=2, num_aug=2,
-                          num_val=num_val, image_size=(64, 64))
+    voc = make_voc_shapes(
+        osp.join(root, 'VOCdevkit'), num_train=2, num_aug=2, num_val=num_val, image_size=(64, 64)
+    )
     cfg = Config.fromfile(config_path('deeplabv3_mobileone_s0_voc'))
-    datasets = cfg.train_dataloader.dataset.datasets + [cfg.val_dataloader.dataset,
-                                                         cfg.test_dataloader.dataset]
+    datasets = cfg.train_dataloader.dataset.datasets + [
+        cfg.val_dataloader.dataset,
+        cfg.test_dataloader.dataset,
+    ]
     for dataset in datasets:
         dataset.data_root = voc
         for transform in dataset.pipeline:
@@ -59,12 +64,18 @@ def short_segmentation_config(root: str, max_iters: int = 2, num_val: int = 5) -
     return cfg
 
 
-def short_classification_config(root: str, num_classes: int = 5, per_class: int = 1,
-                                max_epochs: int = 2) -> Config:
+def short_classification_config(
+    root: str, num_classes: int = 5, per_class: int = 1, max_epochs: int = 2
+) -> Config:
     """``mobileone_s0_imagenet.py`` on a generated ImageNet folder of ``num_classes`` classes,
     32 px, ``max_epochs`` epochs (warm-up, then cosine), validated and saved after the last."""
-    data = make_imagenet_folder(osp.join(root, 'imagenet'), num_classes=num_classes,
-                                train_per_class=per_class, val_per_class=1, size=40)['root']
+    data = make_imagenet_folder(
+        osp.join(root, 'imagenet'),
+        num_classes=num_classes,
+        train_per_class=per_class,
+        val_per_class=1,
+        size=40,
+    )['root']
     cfg = Config.fromfile(config_path('mobileone_s0_imagenet'))
     cfg.model.head.num_classes = num_classes
     classes = tuple(sorted(os.listdir(osp.join(data, 'train'))))

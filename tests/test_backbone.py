@@ -1,4 +1,6 @@
-"""MobileOne backbone: architecture fidelity, exact re-parameterization, shapes, freezing, errors."""
+"""MobileOne backbone: architecture fidelity, exact re-parameterization, shapes, freezing,
+errors."""
+
 import copy
 
 import pytest
@@ -6,12 +8,16 @@ import torch
 import torch.nn as nn
 
 from mobileone_dense import MobileOne, MobileOneBlock, reparameterize
+from mobileone_dense.analysis import (
+    PAPER_COMPLEXITY,
+    deploy_error,
+    measure_classifier_complexity,
+    randomize_batch_norm,
+)
 from mobileone_dense.errors import FoldingError
-from mobileone_dense.analysis import (PAPER_COMPLEXITY, fusion_error, measure_classifier_complexity,
-                                      randomize_batch_norm)
-from mobileone_dense.models import ARCH_SETTINGS, stage_channels
+from mobileone_dense.models import ARCH_SETTINGS, SqueezeExcite, stage_channels
 
-ALL_ARCHS = list(ARCH_SETTINGS)
+ALL_ARCHS = list(PAPER_COMPLEXITY)  # 's4_no_se' is S4's blocks minus SE: its own test below
 TOLERANCE = 1e-5
 
 
@@ -25,41 +31,51 @@ def make_backbone(arch, seed=0, calibration_size=(64, 64), **kwargs):
 
 
 @pytest.mark.parametrize('arch', ALL_ARCHS)
-def test_fusion_is_exact_for_every_arch(arch):
+def test_reparameterization_is_exact_for_every_arch(arch):
     model = make_backbone(arch)
     inputs = torch.randn(2, 3, 224, 224)
-    assert fusion_error(model, inputs) <= TOLERANCE
+    assert deploy_error(model, inputs) <= TOLERANCE
 
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
-def test_fusion_is_exact_at_odd_input_size(arch):
+def test_reparameterization_is_exact_at_odd_input_size(arch):
     model = make_backbone(arch)
-    assert fusion_error(model, torch.randn(1, 3, 199, 257)) <= TOLERANCE
+    assert deploy_error(model, torch.randn(1, 3, 199, 257)) <= TOLERANCE
 
 
 @pytest.mark.parametrize('arch', ['s0', 'mu1'])
-def test_fusion_is_exact_for_dilated_output_stride_8(arch):
+def test_reparameterization_is_exact_for_dilated_output_stride_8(arch):
     model = make_backbone(arch, strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4))
     inputs = torch.randn(1, 3, 96, 128)
     outputs = model(inputs)
     assert [tuple(o.shape[-2:]) for o in outputs] == [(24, 32), (12, 16), (12, 16), (12, 16)]
-    assert fusion_error(model, inputs) <= TOLERANCE
+    assert deploy_error(model, inputs) <= TOLERANCE
 
 
 @pytest.mark.parametrize('stride,dilation,groups', [(1, 2, 8), (1, 3, 1), (2, 2, 8), (1, 1, 4)])
-def test_block_fusion_is_exact_with_dilation_and_groups(stride, dilation, groups):
+def test_block_reparameterization_is_exact_with_dilation_and_groups(stride, dilation, groups):
     torch.manual_seed(0)
     block = randomize_batch_norm(
-        MobileOneBlock(32, 32, 3, stride=stride, dilation=dilation, groups=groups,
-                       num_conv_branches=3, use_se=True), seed=3).eval()
+        MobileOneBlock(
+            32,
+            32,
+            3,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            num_conv_branches=3,
+            use_se=True,
+        ),
+        seed=3,
+    ).eval()
     inputs = torch.randn(2, 32, 17, 23)
     reference = block(inputs)
     block.reparameterize()
     assert block.deploy and block.conv_branches is None and block.identity_branch is None
     assert block.reparam_conv.dilation == (dilation, dilation)
-    fused = block(inputs)
-    assert fused.shape == reference.shape
-    assert ((fused - reference).abs().max() / reference.abs().max()) <= TOLERANCE
+    deploy = block(inputs)
+    assert deploy.shape == reference.shape
+    assert ((deploy - reference).abs().max() / reference.abs().max()) <= TOLERANCE
 
 
 def test_dilation_changes_the_function():
@@ -99,12 +115,12 @@ def test_reparameterize_inside_a_larger_model():
             return self.head(self.backbone(x)[0].mean((2, 3)))
 
     model = Classifier().eval()
-    assert fusion_error(model, torch.randn(2, 3, 64, 64)) <= TOLERANCE
+    assert deploy_error(model, torch.randn(2, 3, 64, 64)) <= TOLERANCE
     reparameterize(model)
     assert model.backbone.deploy
 
 
-def test_deploy_flag_loads_fused_weights():
+def test_deploy_flag_loads_deploy_weights():
     model = make_backbone('s1')
     inputs = torch.randn(1, 3, 64, 64)
     reparameterize(model)
@@ -115,8 +131,9 @@ def test_deploy_flag_loads_fused_weights():
         assert torch.equal(a, b)
 
 
-def test_syncbn_backbone_fuses_exactly_like_bn():
-    """mmseg bases use SyncBN: fusing must accept it (mmpretrain's MobileOne refuses it)."""
+def test_syncbn_backbone_reparameterizes_exactly_like_bn():
+    """mmseg bases use SyncBN: reparameterize must accept it (mmpretrain's MobileOne refuses
+    it)."""
     bn_model = make_backbone('s0')
     sync_model = MobileOne('s0', out_indices=(0, 1, 2, 3), norm_cfg=dict(type='SyncBN'))
     assert any(isinstance(m, nn.SyncBatchNorm) for m in sync_model.modules())
@@ -129,15 +146,14 @@ def test_syncbn_backbone_fuses_exactly_like_bn():
         assert torch.equal(a, b)
 
 
-def test_bn_without_running_stats_cannot_be_fused():
-    block = MobileOneBlock(8, 8, 3, groups=8,
-                           norm_cfg=dict(type='BN', track_running_stats=False))
+def test_bn_without_running_stats_cannot_be_folded():
+    block = MobileOneBlock(8, 8, 3, groups=8, norm_cfg=dict(type='BN', track_running_stats=False))
     with pytest.raises(FoldingError, match='running statistics'):
         reparameterize(block)
 
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
-def test_fused_backbone_is_scriptable(arch):
+def test_deploy_backbone_is_scriptable(arch):
     model = reparameterize(make_backbone(arch, out_indices=(2, 3)))
     scripted = torch.jit.script(model)
     for size in [(64, 64), (96, 160)]:
@@ -148,7 +164,8 @@ def test_fused_backbone_is_scriptable(arch):
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
 def test_paper_complexity_s_variants(arch):
-    """Fused params within 2% and MACs within 1% of paper Table 9 (S0 and S4 here; all below)."""
+    """Deploy-form params within 2% and MACs within 1% of paper Table 9 (S0 and S4 here; all
+    below)."""
     row = measure_classifier_complexity(arch)
     assert abs(row.params_delta) <= 0.02, row
     assert abs(row.macs_delta) <= 0.01, row
@@ -166,13 +183,18 @@ def test_paper_complexity_micro_variants(arch):
     row = measure_classifier_complexity(arch)
     assert abs(row.params_delta) <= 0.05, row
     assert abs(row.macs_delta) <= 0.05, row
-    assert set(PAPER_COMPLEXITY) == set(ARCH_SETTINGS)
+    assert set(PAPER_COMPLEXITY) == set(ARCH_SETTINGS) - {'s4_no_se'}
 
 
 EXPECTED_CHANNELS = {
-    's0': (48, 128, 256, 1024), 's1': (96, 192, 512, 1280), 's2': (96, 256, 640, 2048),
-    's3': (128, 320, 768, 2048), 's4': (192, 448, 896, 2048), 'mu0': (48, 64, 128, 384),
-    'mu1': (48, 96, 192, 512), 'mu2': (48, 128, 256, 512),
+    's0': (48, 128, 256, 1024),
+    's1': (96, 192, 512, 1280),
+    's2': (96, 256, 640, 2048),
+    's3': (128, 320, 768, 2048),
+    's4': (192, 448, 896, 2048),
+    'mu0': (48, 64, 128, 384),
+    'mu1': (48, 96, 192, 512),
+    'mu2': (48, 128, 256, 512),
 }
 
 
@@ -196,8 +218,26 @@ def test_s4_uses_se_only_in_its_last_blocks():
     assert not any(se_flags[0]) and not any(se_flags[1])
     assert se_flags[2] == [False] * 10 + [True] * 10  # last 5 paper blocks (dw + pw each)
     assert all(se_flags[3])
-    assert not any(not isinstance(b.se, nn.Identity) for b in MobileOne('s3').modules()
-                   if isinstance(b, MobileOneBlock))
+    assert not any(
+        not isinstance(b.se, nn.Identity)
+        for b in MobileOne('s3').modules()
+        if isinstance(b, MobileOneBlock)
+    )
+
+
+def test_s4_no_se_is_s4_without_squeeze_excite():
+    """The paper's S4 segmentation backbone: S4's table entry without SE, the same network as
+    the explicit dict the S4 segmentation configs used to spell out."""
+    assert ARCH_SETTINGS['s4_no_se'] == dict(ARCH_SETTINGS['s4'], num_se_blocks=(0, 0, 0, 0))
+    model = MobileOne('s4_no_se')
+    assert model.arch_name == 's4_no_se' and model.channels == stage_channels('s4')
+    assert not any(isinstance(m, SqueezeExcite) for m in model.modules())
+    spelled_out = MobileOne(
+        dict(num_blocks=(2, 8, 10, 1), width_factors=(3.0, 3.5, 3.5, 4.0), num_conv_branches=1)
+    )
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in spelled_out.state_dict().items()
+    }
 
 
 def test_over_parameterization_factor_per_arch():
@@ -232,8 +272,10 @@ def test_frozen_stages_really_freeze(frozen_stages):
     for key, value in before.items():
         if any(key.startswith(p) for p in prefixes):
             assert torch.equal(value, after[key]), key  # weights and BN statistics unchanged
-    assert not torch.equal(before['stages.3.1.conv_branches.0.conv.weight'],
-                           after['stages.3.1.conv_branches.0.conv.weight'])
+    assert not torch.equal(
+        before['stages.3.1.conv_branches.0.conv.weight'],
+        after['stages.3.1.conv_branches.0.conv.weight'],
+    )
 
 
 def test_norm_eval_keeps_bn_in_eval_mode():
@@ -245,7 +287,7 @@ def test_custom_arch_dict():
     arch = dict(num_blocks=(1, 1, 2, 1), width_factors=(0.5, 0.5, 0.5, 0.5), num_conv_branches=2)
     model = MobileOne(arch, out_indices=(0, 1, 2, 3))
     assert model.out_channels == (32, 64, 128, 256)
-    assert fusion_error(randomize_batch_norm(model).eval(), torch.randn(1, 3, 32, 32)) <= TOLERANCE
+    assert deploy_error(randomize_batch_norm(model).eval(), torch.randn(1, 3, 32, 32)) <= TOLERANCE
 
 
 def test_unknown_arch_names_the_valid_ones():
@@ -271,6 +313,6 @@ def test_wrong_number_of_input_channels_is_explained(channels):
     message = str(error.value)
     assert '(N, 3, H, W)' in message and f'1, {channels}, 32, 32' in message
     assert 'grayscale/RGBA' in message
-    fused = reparameterize(MobileOne('s0')).eval()
+    deploy = reparameterize(MobileOne('s0')).eval()
     with pytest.raises(ValueError, match='expects an'):
-        fused(torch.randn(1, channels, 32, 32))
+        deploy(torch.randn(1, channels, 32, 32))

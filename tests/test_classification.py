@@ -1,8 +1,7 @@
 """ImageNet classification: the paper's recipe in the configs, the curriculum really switching
 (also across a resume), the annealed weight decay, learning, and the weights handed downstream."""
-import json
+
 import math
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -13,15 +12,13 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from trained_runs import LEARN_CURRICULUM, LEARN_EPOCHS, generated_imagenet, hook_of, run_env, train
 
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.apis.classification import set_imagenet_schedule
 from mobileone_dense.datasets.synthetic_imagenet import make_imagenet_folder
 from mobileone_dense.datasets.transforms import ScaledAutoAugment
 from mobileone_dense.models import stage_channels
-
-from trained_runs import (LEARN_CURRICULUM, LEARN_EPOCHS, generated_imagenet, hook_of,
-                          run_env, train)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
@@ -49,20 +46,36 @@ def test_config_recipe_and_one_training_step(arch):
     assert model_cfg.neck.type == 'mmpretrain.GlobalAveragePooling'
     assert model_cfg.head.in_channels == stage_channels(arch)[3]
     assert model_cfg.head.num_classes == 1000
-    assert (model_cfg.head.loss.type, model_cfg.head.loss.label_smooth_val) == \
-        ('mmpretrain.LabelSmoothLoss', 0.1)
+    assert (model_cfg.head.loss.type, model_cfg.head.loss.label_smooth_val) == (
+        'mmpretrain.LabelSmoothLoss',
+        0.1,
+    )
     # 300 epochs, 32 x 8 GPUs = 256, SGD momentum 0.9, lr 0.1, decay 1e-4 annealed to 1e-5
     assert cfg.train_cfg.max_epochs == 300
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 256
     optimizer = cfg.optim_wrapper.optimizer
-    assert (optimizer.type, optimizer.lr, optimizer.momentum, optimizer.weight_decay) == \
-        ('SGD', 0.1, 0.9, 1e-4)
+    assert (optimizer.type, optimizer.lr, optimizer.momentum, optimizer.weight_decay) == (
+        'SGD',
+        0.1,
+        0.9,
+        1e-4,
+    )
     assert cfg.optim_wrapper.paramwise_cfg.norm_decay_mult == 0
     warmup, cosine, decay = cfg.param_scheduler
-    assert (warmup.type, warmup.end, cosine.type, cosine.begin, cosine.end) == \
-        ('LinearLR', 5, 'CosineAnnealingLR', 5, 300)
-    assert (decay.type, decay.param_name, decay.end, decay.eta_min, decay.eta_min_ratio) == \
-        ('CosineAnnealingParamScheduler', 'weight_decay', 300, None, 0.1)
+    assert (warmup.type, warmup.end, cosine.type, cosine.begin, cosine.end) == (
+        'LinearLR',
+        5,
+        'CosineAnnealingLR',
+        5,
+        300,
+    )
+    assert (decay.type, decay.param_name, decay.end, decay.eta_min, decay.eta_min_ratio) == (
+        'CosineAnnealingParamScheduler',
+        'weight_decay',
+        300,
+        None,
+        0.1,
+    )
     ema = hook_of(cfg, 'EMAHook')
     assert ema.momentum == 5e-4  # decay 0.9995
     assert cfg.custom_hooks[-1].type == 'mobileone_dense.ReparameterizeHook'
@@ -89,9 +102,10 @@ def test_config_recipe_and_one_training_step(arch):
     model = build_model_from_config(cfg).train()
     inputs = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     from mmpretrain.structures import DataSample
+
     data = model.data_preprocessor(
-        dict(inputs=list(inputs), data_samples=[DataSample().set_gt_label(i) for i in (1, 7)]),
-        True)
+        dict(inputs=list(inputs), data_samples=[DataSample().set_gt_label(i) for i in (1, 7)]), True
+    )
     losses = model(**data, mode='loss')
     losses['loss'].backward()
     assert torch.isfinite(losses['loss'])
@@ -112,16 +126,20 @@ def test_set_imagenet_schedule_scales_every_epoch():
 def test_user_config_inherits_ours_and_builds_every_part(tmp_path):
     """Through `mobileone_dense::` our dicts carry `_scope_='mobileone_dense'`: all must still
     build (model, dataset with ScaledAutoAugment, the switch hook's pipelines)."""
-    data = make_imagenet_folder(str(tmp_path / 'imagenet'), num_classes=2, train_per_class=1,
-                                val_per_class=1, size=40)
+    data = make_imagenet_folder(
+        str(tmp_path / 'imagenet'), num_classes=2, train_per_class=1, val_per_class=1, size=40
+    )
     user_config = tmp_path / 'my_s2.py'
-    user_config.write_text(textwrap.dedent(f"""
+    user_config.write_text(
+        textwrap.dedent(f"""
         _base_ = ['mobileone_dense::configs/mobileone_s2_imagenet.py']
         train_dataloader = dict(dataset=dict(data_root={data['root']!r}))
-    """))
+    """)
+    )
     cfg = Config.fromfile(str(user_config))
     assert cfg.model._scope_ == 'mobileone_dense'
     from mmengine.registry import DATASETS, HOOKS
+
     init_default_scope(cfg.default_scope)
     model = build_model_from_config(cfg)
     assert type(model.backbone).__module__.startswith('mobileone_dense')
@@ -130,27 +148,44 @@ def test_user_config_inherits_ours_and_builds_every_part(tmp_path):
     assert type(dataset.pipeline.transforms[3]).__name__ == 'ScaledAutoAugment'
     hook_cfg = {k: v for k, v in hook_of(cfg, 'SwitchRecipeHook').items() if k != 'priority'}
     hook = HOOKS.build(hook_cfg)
-    assert [type(t).__name__ for t in hook.schedule[115]['train_pipeline'].transforms] == \
-        ['LoadImageFromFile', 'RandomResizedCrop', 'RandomFlip', 'ScaledAutoAugment',
-         'PackInputs']
+    assert [type(t).__name__ for t in hook.schedule[115]['train_pipeline'].transforms] == [
+        'LoadImageFromFile',
+        'RandomResizedCrop',
+        'RandomFlip',
+        'ScaledAutoAugment',
+        'PackInputs',
+    ]
 
 
 # -- ScaledAutoAugment -----------------------------------------------------------------------
 def test_scaled_autoaugment_scales_each_magnitude_level():
     from mmpretrain.datasets.transforms import AutoAugment
     from mmpretrain.datasets.transforms.auto_augment import AUTOAUG_POLICIES
+
     full = ScaledAutoAugment('imagenet', strength=1.0)
     stock = AutoAugment('imagenet')
     # strength 1: mmpretrain's ImageNet policy, op for op
-    assert [[type(op).__name__ for op in sub.transforms] for sub in full.transforms] == \
-        [[type(op).__name__ for op in sub.transforms] for sub in stock.transforms]
-    stock_magnitudes = [[getattr(op, {'Rotate': 'angle', 'Solarize': 'thr', 'Posterize': 'bits'}
-                                 .get(type(op).__name__, 'magnitude'), None)
-                         for op in sub.transforms] for sub in stock.transforms]
+    assert [[type(op).__name__ for op in sub.transforms] for sub in full.transforms] == [
+        [type(op).__name__ for op in sub.transforms] for sub in stock.transforms
+    ]
+    stock_magnitudes = [
+        [
+            getattr(
+                op,
+                {'Rotate': 'angle', 'Solarize': 'thr', 'Posterize': 'bits'}.get(
+                    type(op).__name__, 'magnitude'
+                ),
+                None,
+            )
+            for op in sub.transforms
+        ]
+        for sub in stock.transforms
+    ]
     assert full.magnitudes() == stock_magnitudes
     third = ScaledAutoAugment('imagenet', strength=0.3)
-    for policy_full, policy_third, raw in zip(full.policies, third.policies,
-                                              AUTOAUG_POLICIES['imagenet']):
+    for policy_full, policy_third, raw in zip(
+        full.policies, third.policies, AUTOAUG_POLICIES['imagenet']
+    ):
         for op_full, op_third, op_raw in zip(policy_full, policy_third, raw):
             assert op_third['prob'] == op_raw['prob']  # probabilities are not scaled
             if op_raw['type'] == 'Rotate':
@@ -166,24 +201,36 @@ def test_scaled_autoaugment_scales_each_magnitude_level():
     rotate = padded.transforms[0].transforms[1]
     assert type(rotate).__name__ == 'Rotate' and rotate.angle == pytest.approx(18.0)
     assert rotate.pad_val == (1, 2, 3)
-    assert AutoAugment('imagenet', hparams=dict(pad_val=(1, 2, 3))) \
-        .transforms[0].transforms[1].pad_val == 128
+    assert (
+        AutoAugment('imagenet', hparams=dict(pad_val=(1, 2, 3))).transforms[0].transforms[1].pad_val
+        == 128
+    )
 
 
 def test_scaled_autoaugment_output():
     from mmpretrain.datasets.transforms import Rotate
+
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    ops = [dict(type=t, prob=1.0, **kw) for t, kw in [
-        ('Rotate', dict(angle=30.)), ('Shear', dict(magnitude=0.3)), ('Solarize', dict(thr=50)),
-        ('Posterize', dict(bits=4)), ('ColorTransform', dict(magnitude=0.8)),
-        ('Contrast', dict(magnitude=0.8)), ('Sharpness', dict(magnitude=0.7))]]
+    ops = [
+        dict(type=t, prob=1.0, **kw)
+        for t, kw in [
+            ('Rotate', dict(angle=30.0)),
+            ('Shear', dict(magnitude=0.3)),
+            ('Solarize', dict(thr=50)),
+            ('Posterize', dict(bits=4)),
+            ('ColorTransform', dict(magnitude=0.8)),
+            ('Contrast', dict(magnitude=0.8)),
+            ('Sharpness', dict(magnitude=0.7)),
+        ]
+    ]
     identity = ScaledAutoAugment([ops], strength=0.0)
     out = identity(dict(img=image.copy()))['img']
     assert np.array_equal(out, image), 'strength 0 must leave the image unchanged'
-    half = ScaledAutoAugment([[dict(type='Rotate', angle=30., prob=1.0,
-                                    random_negative_prob=0.0)]], strength=0.5)
-    expected = Rotate(angle=15., prob=1.0, random_negative_prob=0.0)(dict(img=image.copy()))
+    half = ScaledAutoAugment(
+        [[dict(type='Rotate', angle=30.0, prob=1.0, random_negative_prob=0.0)]], strength=0.5
+    )
+    expected = Rotate(angle=15.0, prob=1.0, random_negative_prob=0.0)(dict(img=image.copy()))
     assert np.array_equal(half(dict(img=image.copy()))['img'], expected['img'])
     with pytest.raises(ValueError, match='cannot scale'):
         ScaledAutoAugment([[dict(type='Rotate', magnitude_range=(0, 30))]], strength=0.5)
@@ -203,8 +250,15 @@ def stage_at(curriculum, epoch):
 def s2_run(tmp_path_factory):
     """S2 (AutoAugment): 6 epochs, stopped after 3 (inside stage 2) and resumed."""
     root = tmp_path_factory.mktemp('s2')
-    return train('s2', root, generated_imagenet(str(root), 16),
-                 E2E_EPOCHS, E2E_CURRICULUM, batch_size=16, split_at=3)
+    return train(
+        's2',
+        root,
+        generated_imagenet(str(root), 16),
+        E2E_EPOCHS,
+        E2E_CURRICULUM,
+        batch_size=16,
+        split_at=3,
+    )
 
 
 def check_curriculum(records, curriculum, max_epochs, autoaugment):
@@ -213,8 +267,12 @@ def check_curriculum(records, curriculum, max_epochs, autoaugment):
     for record in epochs:
         _, size, strength = stage_at(curriculum, record['epoch'])
         assert record['crop_scale'] == [size, size], record
-        shapes = {tuple(s) for r in records if r['event'] == 'train_iter'
-                  and r['epoch'] == record['epoch'] for s in r['shapes']}
+        shapes = {
+            tuple(s)
+            for r in records
+            if r['event'] == 'train_iter' and r['epoch'] == record['epoch']
+            for s in r['shapes']
+        }
         assert shapes == {(3, size, size)}, f'epoch {record["epoch"]}: the model got {shapes}'
         if autoaugment:
             assert record['strength'] == pytest.approx(strength)
@@ -245,19 +303,21 @@ def test_weight_decay_follows_the_cosine_at_each_epoch(learned_classifier, s2_ru
 
 
 def test_s0_curriculum_switches_size(learned_classifier):
-    check_curriculum(learned_classifier['records'], LEARN_CURRICULUM, LEARN_EPOCHS,
-                     autoaugment=False)
+    check_curriculum(
+        learned_classifier['records'], LEARN_CURRICULUM, LEARN_EPOCHS, autoaugment=False
+    )
 
 
 def test_s0_learns_and_the_untrained_model_does_not(learned_classifier):
     records = learned_classifier['records']
-    assert all(r['fused'] for r in records if r['event'] == 'val_model')
+    assert all(r['deploy'] for r in records if r['event'] == 'val_model')
     top1 = [r['metrics']['accuracy/top1'] for r in records if r['event'] == 'val']
     assert len(top1) == LEARN_EPOCHS
-    assert top1[-1] >= 90.0, f'fused EMA top-1 per epoch: {top1}'
-    assert 'ReparameterizeHook: fused vs unfused model' in learned_classifier['logs']
+    assert top1[-1] >= 90.0, f'deploy EMA top-1 per epoch: {top1}'
+    assert 'ReparameterizeHook: deploy vs train-time model' in learned_classifier['logs']
     # the same config and data, untrained
     from mmengine.runner import Runner
+
     cfg = Config.fromfile(learned_classifier['config'])
     cfg.custom_hooks = [h for h in cfg.custom_hooks if 'Probe' not in h.type]
     cfg.work_dir = osp.join(osp.dirname(learned_classifier['config']), 'untrained')
@@ -275,33 +335,48 @@ def last_checkpoint(work_dir):
         return f.read().strip()
 
 
-
-
 @pytest.fixture(scope='module')
 def extracted(learned_classifier, tmp_path_factory):
     out = str(tmp_path_factory.mktemp('extracted') / 's0_imagenet.pth')
-    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'extract_backbone.py'),
-                             last_checkpoint(learned_classifier['work_dir']), out, '--keep-head'],
-                            capture_output=True, text=True, timeout=300, env=run_env())
+    result = subprocess.run(
+        [
+            sys.executable,
+            osp.join(REPO, 'tools', 'extract_backbone.py'),
+            last_checkpoint(learned_classifier['work_dir']),
+            out,
+            '--keep-head',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=run_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'MobileOne-s0 ema weights' in result.stdout
     return out
 
 
-@pytest.mark.parametrize('config', ['ssdlite_mobileone_s0_coco.py',
-                                    'deeplabv3_mobileone_s0_voc.py'])
+@pytest.mark.parametrize(
+    'config', ['ssdlite_mobileone_s0_coco.py', 'deeplabv3_mobileone_s0_voc.py']
+)
 @pytest.mark.parametrize('source', ['training checkpoint', 'extracted'])
-def test_imagenet_weights_initialize_downstream_backbones(learned_classifier, extracted, config, source):
+def test_imagenet_weights_initialize_downstream_backbones(
+    learned_classifier, extracted, config, source
+):
     from mobileone_dense.converters import load_checkpoint_file
-    checkpoint = last_checkpoint(learned_classifier['work_dir']) if source == 'training checkpoint' \
+
+    checkpoint = (
+        last_checkpoint(learned_classifier['work_dir'])
+        if source == 'training checkpoint'
         else extracted
+    )
     ema = load_checkpoint_file(last_checkpoint(learned_classifier['work_dir']), run_checkpoint=True)
     assert 'ema_state_dict' in ema
-    expected = {k[len('backbone.'):]: v for k, v in ema['state_dict'].items()
-                if k.startswith('backbone.')}
+    expected = {
+        k[len('backbone.') :]: v for k, v in ema['state_dict'].items() if k.startswith('backbone.')
+    }
     cfg = Config.fromfile(osp.join(REPO, 'configs', config))
-    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=checkpoint,
-                                       prefix='backbone.')
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')
     model = build_model_from_config(cfg)
     model.init_weights()  # our strict loader: any missing or unexpected key raises
     state = model.backbone.state_dict()
@@ -314,9 +389,19 @@ def test_extracted_checkpoint_evaluates_like_the_run(learned_classifier, extract
     assert weights['meta']['arch'] == 's0' and weights['meta']['weights'] == 'ema'
     assert {k.split('.')[0] for k in weights['state_dict']} == {'backbone', 'head'}
     result = subprocess.run(
-        [sys.executable, osp.join(REPO, 'tools', 'test.py'), learned_classifier['config'], extracted,
-         '--work-dir', str(tmp_path)], capture_output=True, text=True, timeout=300,
-        env=run_env())
+        [
+            sys.executable,
+            osp.join(REPO, 'tools', 'test.py'),
+            learned_classifier['config'],
+            extracted,
+            '--work-dir',
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=run_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     top1 = float(out.split('accuracy/top1:')[1].split()[0])
@@ -328,12 +413,14 @@ def test_converted_public_weights_evaluate_in_our_classifier(tmp_path):
     """mmpretrain's own MobileOne-S0 classifier -> convert -> our config gives the same logits."""
     from mmengine.runner import load_checkpoint
     from mmpretrain.models import ImageClassifier
+
     init_default_scope('mmpretrain')
     torch.manual_seed(0)
     theirs = ImageClassifier(
-        backbone=dict(type='MobileOne', arch='s0', out_indices=(3, )),
+        backbone=dict(type='MobileOne', arch='s0', out_indices=(3,)),
         neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=1024)).eval()
+        head=dict(type='LinearClsHead', num_classes=1000, in_channels=1024),
+    ).eval()
     for module in theirs.modules():  # non-trivial BN statistics
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -341,8 +428,13 @@ def test_converted_public_weights_evaluate_in_our_classifier(tmp_path):
     source = str(tmp_path / 'mmpretrain_s0.pth')
     torch.save(dict(state_dict=theirs.state_dict()), source)
     converted = str(tmp_path / 's0_imagenet.pth')
-    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'convert_checkpoint.py'),
-                             source, converted], capture_output=True, text=True, timeout=300, env=run_env())
+    result = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', 'convert_checkpoint.py'), source, converted],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=run_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ours = build_model_from_config(Config.fromfile(config_path('s0'))).eval()
     load_checkpoint(ours, converted, strict=True)  # what tools/test.py's runner does
@@ -353,14 +445,16 @@ def test_converted_public_weights_evaluate_in_our_classifier(tmp_path):
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
-@pytest.mark.parametrize('strides,dilations', [((2, 2, 1, 1), (1, 1, 2, 4)),
-                                               ((2, 2, 2, 1), (1, 1, 1, 2))])
+@pytest.mark.parametrize(
+    'strides,dilations', [((2, 2, 1, 1), (1, 1, 2, 4)), ((2, 2, 2, 1), (1, 1, 1, 2))]
+)
 def test_imagenet_backbone_weights_load_into_dilated_backbones(strides, dilations):
     """A stage's first block keeps its branches when its stride becomes a dilation (before the
     fix it gained an identity BN, and ImageNet weights missed those keys)."""
     from mobileone_dense.converters import load_weights_strictly
     from mobileone_dense.models import MobileOne
+
     imagenet = MobileOne('s0').state_dict()
-    dilated = MobileOne('s0', out_indices=(3, ), strides=strides, dilations=dilations)
+    dilated = MobileOne('s0', out_indices=(3,), strides=strides, dilations=dilations)
     load_weights_strictly(dilated, imagenet)
     assert set(dilated.state_dict()) == set(imagenet)

@@ -1,4 +1,6 @@
-"""Public MobileOne weights (Apple, timm, mmpretrain) load into our backbone with identical features."""
+"""Public MobileOne weights (Apple, timm, mmpretrain) load into our backbone with identical
+features."""
+
 import os.path as osp
 import subprocess
 import sys
@@ -6,12 +8,15 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from apple_reference import AppleMobileOne
 
 from mobileone_dense import MobileOne, reparameterize
-from mobileone_dense.converters import (backbone_state_dict, convert_state_dict, detect_source,
-                                        load_weights_strictly)
-
-from apple_reference import AppleMobileOne
+from mobileone_dense.converters import (
+    backbone_state_dict,
+    convert_state_dict,
+    detect_source,
+    load_weights_strictly,
+)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOLERANCE = 1e-5
@@ -27,11 +32,10 @@ def randomized(model, seed=0):
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             fan_in = module.weight[0].numel()
-            nn.init.normal_(module.weight, std=0.7 * fan_in ** -0.5)
+            nn.init.normal_(module.weight, std=0.7 * fan_in**-0.5)
             if module.bias is not None:
                 nn.init.normal_(module.bias, std=0.05)
         elif isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
             module.running_mean.normal_(std=0.1)
             module.running_var.uniform_(0.5, 1.5)
             module.weight.data.uniform_(0.3, 0.6)
@@ -54,32 +58,32 @@ def classify(backbone, head, x):
 
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
-@pytest.mark.parametrize('fused', [False, True])
-def test_apple_checkpoints(arch, fused):
+@pytest.mark.parametrize('deploy', [False, True])
+def test_apple_checkpoints(arch, deploy):
     apple = randomized(AppleMobileOne(arch))
     x = torch.randn(1, 3, 96, 96)
-    if fused:  # Apple's fused release: build in inference mode and load folded weights
-        ours_unfused, head = ours_from(apple.state_dict(), arch, deploy=False)
-        reparameterize(ours_unfused)
-        apple_fused = AppleMobileOne(arch, inference_mode=True).eval()
-        apple_keys = list(apple_fused.state_dict())
+    if deploy:  # Apple's inference-mode release: build in deploy form and load folded weights
+        ours_train_time, head = ours_from(apple.state_dict(), arch, deploy=False)
+        reparameterize(ours_train_time)
+        apple_deploy = AppleMobileOne(arch, inference_mode=True).eval()
+        apple_keys = list(apple_deploy.state_dict())
         assert 'stage1.1.reparam_conv.bias' in apple_keys
-        # our fused weights, renamed to Apple's fused layout, are what Apple's release holds
+        # our deploy weights, renamed to Apple's inference-mode layout, are Apple's release
         renamed = {}
-        for key, value in ours_unfused.state_dict().items():
+        for key, value in ours_train_time.state_dict().items():
             key = key.replace('stem.', 'stage0.', 1)
             if key.startswith('stages.'):
                 _, s, rest = key.split('.', 2)
                 key = f'stage{int(s) + 1}.{rest}'
             renamed[key] = value
         renamed['linear.weight'], renamed['linear.bias'] = head.weight, head.bias
-        apple_fused.load_state_dict(renamed, strict=True)
-        apple = apple_fused
+        apple_deploy.load_state_dict(renamed, strict=True)
+        apple = apple_deploy
     state_dict = apple.state_dict()
-    if arch == 's4' and not fused:
+    if arch == 's4' and not deploy:
         assert 'stage3.10.se.reduce.weight' in state_dict
     assert detect_source(state_dict) == 'apple'
-    backbone, head = ours_from(state_dict, arch, deploy=fused)
+    backbone, head = ours_from(state_dict, arch, deploy=deploy)
     with torch.no_grad():
         assert relative_error(backbone(x)[-1], apple.forward_features(x)) <= TOLERANCE
         assert relative_error(classify(backbone, head, x), apple(x)) <= TOLERANCE
@@ -87,8 +91,13 @@ def test_apple_checkpoints(arch, fused):
 
 def test_apple_layout_keys():
     keys = AppleMobileOne('s0').state_dict()
-    for key in ['stage0.rbr_conv.0.conv.weight', 'stage0.rbr_conv.0.bn.running_var',
-                'stage0.rbr_scale.conv.weight', 'stage1.1.rbr_skip.weight', 'linear.weight']:
+    for key in [
+        'stage0.rbr_conv.0.conv.weight',
+        'stage0.rbr_conv.0.bn.running_var',
+        'stage0.rbr_scale.conv.weight',
+        'stage1.1.rbr_skip.weight',
+        'linear.weight',
+    ]:
         assert key in keys
     converted = convert_state_dict(keys)
     assert 'backbone.stages.0.1.identity_branch.weight' in converted
@@ -96,16 +105,17 @@ def test_apple_layout_keys():
 
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
-@pytest.mark.parametrize('fused', [False, True])
-def test_timm_checkpoints(arch, fused):
+@pytest.mark.parametrize('deploy', [False, True])
+def test_timm_checkpoints(arch, deploy):
     timm = pytest.importorskip('timm')
     model = randomized(timm.create_model(f'mobileone_{arch}', pretrained=False))
-    if fused:
+    if deploy:
         from timm.utils.model import reparameterize_model
+
         model = reparameterize_model(model).eval()
     state_dict = model.state_dict()
     assert detect_source(state_dict) in ('timm', 'mobileone_dense')
-    backbone, head = ours_from(state_dict, arch, deploy=fused, source='timm')
+    backbone, head = ours_from(state_dict, arch, deploy=deploy, source='timm')
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         assert relative_error(backbone(x)[-1], model.forward_features(x)) <= TOLERANCE
@@ -113,11 +123,12 @@ def test_timm_checkpoints(arch, fused):
 
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
-@pytest.mark.parametrize('fused', [False, True])
-def test_mmpretrain_checkpoints(arch, fused):
+@pytest.mark.parametrize('deploy', [False, True])
+def test_mmpretrain_checkpoints(arch, deploy):
     from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
+
     backbone_ref = randomized(MMPretrainMobileOne(arch, out_indices=(3,)))
-    if fused:
+    if deploy:
         backbone_ref.switch_to_deploy()
     # an mmpretrain ImageClassifier checkpoint: backbone.* and head.fc.*
     state_dict = {f'backbone.{k}': v for k, v in backbone_ref.state_dict().items()}
@@ -127,11 +138,13 @@ def test_mmpretrain_checkpoints(arch, fused):
     head_ref = nn.Linear(reference.shape[1], 1000)
     state_dict.update({'head.fc.weight': head_ref.weight, 'head.fc.bias': head_ref.bias})
     assert detect_source(state_dict) == 'mmpretrain'
-    backbone, head = ours_from(state_dict, arch, deploy=fused)
+    backbone, head = ours_from(state_dict, arch, deploy=deploy)
     with torch.no_grad():
         assert relative_error(backbone(x)[-1], reference) <= TOLERANCE
-        assert relative_error(classify(backbone, head, x), head_ref(reference.mean((2, 3)))) \
+        assert (
+            relative_error(classify(backbone, head, x), head_ref(reference.mean((2, 3))))
             <= TOLERANCE
+        )
 
 
 def test_unmappable_keys_are_listed():
@@ -145,22 +158,31 @@ def test_unmappable_keys_are_listed():
 
 def test_convert_cli_output_loads_through_init_cfg(tmp_path):
     apple = randomized(AppleMobileOne('s1'))
-    src = tmp_path / 'mobileone_s1_unfused.pth.tar'
+    src = tmp_path / 'mobileone_s1_train_time.pth.tar'
     torch.save(apple.state_dict(), src)
     out = tmp_path / 'converted.pth'
-    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'convert_checkpoint.py'),
-                             str(src), str(out)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', 'convert_checkpoint.py'), str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert 'MobileOne-s1' in result.stdout
-    backbone = MobileOne('s1', out_indices=(2, 3), init_cfg=dict(
-        type='Pretrained', checkpoint=str(out), prefix='backbone.'))
+    backbone = MobileOne(
+        's1',
+        out_indices=(2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=str(out), prefix='backbone.'),
+    )
     backbone.init_weights()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert relative_error(backbone.eval()(x)[-1], apple.forward_features(x)) <= TOLERANCE
     # the same file initializes the backbone of our S1 detection config, every key loaded
     from mmengine.config import Config
+
     from mobileone_dense.apis import build_model_from_config
+
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'ssdlite_mobileone_s1_coco.py'))
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(out), prefix='backbone.')
     detector = build_model_from_config(cfg)
@@ -173,23 +195,25 @@ def test_mismatched_weights_fail_loudly(tmp_path):
     s1 = MobileOne('s1')
     path = tmp_path / 's1.pth'
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in s1.state_dict().items()}}, path)
-    wrong_arch = MobileOne('s2', init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                                               prefix='backbone.'))
+    wrong_arch = MobileOne(
+        's2', init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='backbone.')
+    )
     with pytest.raises(ValueError, match='size mismatch for .*another MobileOne variant'):
         wrong_arch.init_weights()
-    fused_model = MobileOne('s1', deploy=True, init_cfg=dict(type='Pretrained',
-                                                             checkpoint=str(path)))
+    deploy_model = MobileOne(
+        's1', deploy=True, init_cfg=dict(type='Pretrained', checkpoint=str(path))
+    )
     with pytest.raises(ValueError, match='deploy=False'):
-        fused_model.init_weights()
-    fused_path = tmp_path / 's1_fused.pth'
-    torch.save(reparameterize(MobileOne('s1')).state_dict(), fused_path)
-    # fused weights initialize an unfused backbone through Pretrained (fine-tuning from a deploy
-    # checkpoint, tests/test_finetune_from_fused.py); a strict load of them names deploy=True
-    unfused = MobileOne('s1', init_cfg=dict(type='Pretrained', checkpoint=str(fused_path)))
-    unfused.init_weights()
-    assert not unfused.deploy
+        deploy_model.init_weights()
+    deploy_path = tmp_path / 's1_deploy.pth'
+    torch.save(reparameterize(MobileOne('s1')).state_dict(), deploy_path)
+    # deploy weights initialize a train-time backbone through Pretrained (fine-tuning from a
+    # deploy checkpoint, tests/test_finetune_from_deploy.py); a strict load names deploy=True
+    train_time = MobileOne('s1', init_cfg=dict(type='Pretrained', checkpoint=str(deploy_path)))
+    train_time.init_weights()
+    assert not train_time.deploy
     with pytest.raises(ValueError, match='deploy=True'):
-        load_weights_strictly(MobileOne('s1'), torch.load(fused_path))
+        load_weights_strictly(MobileOne('s1'), torch.load(deploy_path))
     s0_path = tmp_path / 's0.pth'
     torch.save(MobileOne('s0').state_dict(), s0_path)  # k=4 branches vs k=1: key mismatch
     with pytest.raises(ValueError, match='missing keys|size mismatch'):

@@ -1,5 +1,6 @@
 """Crash-safe training: atomic checkpoints, a robust ``--resume``, an exact resume after SIGKILL,
 and a clear stop at the first non-finite loss."""
+
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ import time
 
 import pytest
 import torch
+from helpers import make_image_folder, tiny_classifier_config
 from mmengine.config import Config
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import Hook
@@ -22,8 +24,6 @@ from mobileone_dense.datasets.synthetic_imagenet import make_imagenet_folder
 from mobileone_dense.engine import Runner
 from mobileone_dense.engine.runner import find_resumable_checkpoint
 from mobileone_dense.errors import CheckpointError
-
-from helpers import make_image_folder, tiny_classifier_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
@@ -55,8 +55,11 @@ def tiny_config(work_dir, data, max_iters, **checkpoint):
 
 def checkpoints(work_dir):
     """The training checkpoints of ``work_dir`` (not ReparameterizeHook's deploy files)."""
-    return sorted(osp.basename(p) for p in glob.glob(osp.join(work_dir, '*.pth'))
-                  if not p.endswith('_deploy.pth'))
+    return sorted(
+        osp.basename(p)
+        for p in glob.glob(osp.join(work_dir, '*.pth'))
+        if not p.endswith('_deploy.pth')
+    )
 
 
 def pointer(work_dir):
@@ -68,7 +71,8 @@ def assert_finite_training_checkpoint(path, iteration):
     checkpoint = load_checkpoint_file(path, run_checkpoint=True)
     assert checkpoint['meta']['iter'] == iteration
     assert checkpoint['state_dict'] and all(
-        torch.isfinite(v).all() for v in checkpoint['state_dict'].values() if v.is_floating_point())
+        torch.isfinite(v).all() for v in checkpoint['state_dict'].values() if v.is_floating_point()
+    )
     return checkpoint
 
 
@@ -85,7 +89,7 @@ def killed_while_saving(tmp_path_factory):
     def dying_put(self, obj, filepath):
         if 'iter_4' in osp.basename(str(filepath)):
             with open(filepath, 'wb') as f:
-                f.write(obj[:len(obj) // 2])
+                f.write(obj[: len(obj) // 2])
             raise Killed
         return put(self, obj, filepath)
 
@@ -101,8 +105,14 @@ def killed_while_saving(tmp_path_factory):
         f.write(b'PK\x03\x04 half a checkpoint')
     runner = Runner.from_cfg(Config(dict(cfg, resume=True)))
     runner.train()
-    return dict(work_dir=work_dir, data=data, cfg=cfg, after_kill=after_kill, iter=runner.iter,
-                files=sorted(os.listdir(work_dir)))
+    return dict(
+        work_dir=work_dir,
+        data=data,
+        cfg=cfg,
+        after_kill=after_kill,
+        iter=runner.iter,
+        files=sorted(os.listdir(work_dir)),
+    )
 
 
 def test_kill_while_saving_leaves_previous_checkpoint_and_no_partial_file(killed_while_saving):
@@ -153,8 +163,9 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(killed_while_saving
 
     # the Runner takes the same way: empty pointer, truncated newest -> resume from iter_3
     resumable('')
-    runner = Runner.from_cfg(Config(dict(killed_while_saving['cfg'], work_dir=work_dir,
-                                         resume=True)))
+    runner = Runner.from_cfg(
+        Config(dict(killed_while_saving['cfg'], work_dir=work_dir, resume=True))
+    )
     runner.load_or_resume()
     assert runner.iter == 3
     with open(iter_3, 'r+b') as f:
@@ -165,8 +176,10 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(killed_while_saving
     assert path is None and messages[0][0] == 'warning' and 'none of' in messages[0][1]
     for path in glob.glob(osp.join(work_dir, '*.pth')):
         os.remove(path)
-    assert resumable(None) == (None, [('info', f'no checkpoint to resume from in {work_dir}: '
-                                                'training from the start')])
+    assert resumable(None) == (
+        None,
+        [('info', f'no checkpoint to resume from in {work_dir}: training from the start')],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,8 +190,11 @@ MAX_EPOCHS = 3
 
 def run_env():
     """One intra-op thread (two cores are shared); the kill-point hook importable."""
-    return dict(os.environ, OMP_NUM_THREADS='1',
-                PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]),
+    )
 
 
 def mu0_config(root, data, marker=None):
@@ -187,8 +203,9 @@ def mu0_config(root, data, marker=None):
     validation only at the end, a checkpoint every epoch (the config's), seeded, deterministic,
     no data loader workers (the augmentations draw from the main process's RNGs)."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'mobileone_mu0_imagenet.py'))
-    set_imagenet_schedule(cfg, max_epochs=MAX_EPOCHS, curriculum=[(0, 32, 0.3), (2, 40, 0.6)],
-                          eval_size=32)
+    set_imagenet_schedule(
+        cfg, max_epochs=MAX_EPOCHS, curriculum=[(0, 32, 0.3), (2, 40, 0.6)], eval_size=32
+    )
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].update(batch_size=4, num_workers=0, persistent_workers=False)
         cfg[loader].dataset.data_root = data
@@ -207,13 +224,20 @@ def mu0_config(root, data, marker=None):
 
 
 def train_cmd(config, work_dir, *extra):
-    return [sys.executable, osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', work_dir,
-            *extra]
+    return [
+        sys.executable,
+        osp.join(REPO, 'tools', 'train.py'),
+        config,
+        '--work-dir',
+        work_dir,
+        *extra,
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    data = make_imagenet_folder(str(tmp_path / 'data'), num_classes=2, train_per_class=8,
-                                val_per_class=2, size=40)['root']
+    data = make_imagenet_folder(
+        str(tmp_path / 'data'), num_classes=2, train_per_class=8, val_per_class=2, size=40
+    )['root']
     marker = str(tmp_path / 'kill_point.json')
     plain, kill_point = mu0_config(tmp_path, data), mu0_config(tmp_path, data, marker)
     straight_dir, killed_dir = str(tmp_path / 'straight'), str(tmp_path / 'killed')
@@ -223,8 +247,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     def start(cmd, name):
         with open(logs[name], 'w') as log:
-            return subprocess.Popen(cmd, cwd=str(tmp_path), env=run_env(), stdout=log,
-                                    stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                cmd, cwd=str(tmp_path), env=run_env(), stdout=log, stderr=subprocess.STDOUT
+            )
 
     def tail(name):
         with open(logs[name]) as f:
@@ -245,12 +270,20 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert killed.returncode == -signal.SIGKILL
         assert on_disk == ['epoch_1.pth'], on_disk
 
-        resumed = subprocess.run(train_cmd(plain, killed_dir, '--resume'), timeout=300,
-                                 capture_output=True, text=True, cwd=str(tmp_path), env=run_env())
+        resumed = subprocess.run(
+            train_cmd(plain, killed_dir, '--resume'),
+            timeout=300,
+            capture_output=True,
+            text=True,
+            cwd=str(tmp_path),
+            env=run_env(),
+        )
         assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
         resumed_logs = resumed.stdout + resumed.stderr
-        assert f'Auto resumed from the latest checkpoint {osp.join(killed_dir, "epoch_1.pth")}' \
+        assert (
+            f'Auto resumed from the latest checkpoint {osp.join(killed_dir, "epoch_1.pth")}'
             in resumed_logs
+        )
         assert 'restored the RNG states of the checkpoint' in resumed_logs
         assert straight.wait(timeout=300) == 0, tail('straight')
     finally:  # nothing left running when an assertion fails
@@ -262,23 +295,31 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     final = f'epoch_{MAX_EPOCHS}.pth'
     a = load_checkpoint_file(osp.join(straight_dir, final), run_checkpoint=True)
     b = load_checkpoint_file(osp.join(killed_dir, final), run_checkpoint=True)
-    assert (a['meta']['epoch'], a['meta']['iter']) == (b['meta']['epoch'], b['meta']['iter']) \
+    assert (
+        (a['meta']['epoch'], a['meta']['iter'])
+        == (b['meta']['epoch'], b['meta']['iter'])
         == (MAX_EPOCHS, 4 * MAX_EPOCHS)
+    )
     # EMAHook saves the averaged weights as `state_dict` and the raw ones as `ema_state_dict`
     for key in ('state_dict', 'ema_state_dict'):
         assert a[key].keys() == b[key].keys()
         torch.testing.assert_close(b[key], a[key], msg=lambda m: f'{key}: {m}')
     torch.testing.assert_close(b['optimizer']['state'], a['optimizer']['state'])
     # the comparison is sensitive: the weights moved over the last epoch
-    before = load_checkpoint_file(osp.join(straight_dir, f'epoch_{MAX_EPOCHS - 1}.pth'),
-                                  run_checkpoint=True)
-    moved = max((a['ema_state_dict'][k] - before['ema_state_dict'][k]).abs().max().item()
-                for k in a['ema_state_dict'] if a['ema_state_dict'][k].is_floating_point())
+    before = load_checkpoint_file(
+        osp.join(straight_dir, f'epoch_{MAX_EPOCHS - 1}.pth'), run_checkpoint=True
+    )
+    moved = max(
+        (a['ema_state_dict'][k] - before['ema_state_dict'][k]).abs().max().item()
+        for k in a['ema_state_dict']
+        if a['ema_state_dict'][k].is_floating_point()
+    )
     assert moved > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
 # non-finite loss
+
 
 class PoisonWeights(Hook):
     """Before iteration ``at`` (1-based), sets the classifier's weights to NaN (broken weights
@@ -297,8 +338,10 @@ def test_non_finite_loss_stops_before_its_checkpoint(tmp_path):
     data = make_image_folder(str(tmp_path / 'data'), per_class=4)
     work_dir = str(tmp_path / 'work')
     cfg = tiny_config(work_dir, data, max_iters=6, interval=1)
-    cfg['custom_hooks'] = [dict(type='mobileone_dense.FiniteLossHook'),
-                           dict(type='EMAHook', momentum=0.5)]
+    cfg['custom_hooks'] = [
+        dict(type='mobileone_dense.FiniteLossHook'),
+        dict(type='EMAHook', momentum=0.5),
+    ]
     runner = Runner.from_cfg(Config(cfg))
     runner.register_hook(PoisonWeights(at=3))
     with pytest.raises(FloatingPointError) as error:
@@ -311,5 +354,8 @@ def test_non_finite_loss_stops_before_its_checkpoint(tmp_path):
     assert checkpoints(work_dir) == ['iter_1.pth', 'iter_2.pth']
     assert pointer(work_dir) == osp.join(work_dir, 'iter_2.pth')
     checkpoint = assert_finite_training_checkpoint(osp.join(work_dir, 'iter_2.pth'), 2)
-    assert all(torch.isfinite(v).all() for v in checkpoint['ema_state_dict'].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in checkpoint['ema_state_dict'].values()
+        if v.is_floating_point()
+    )

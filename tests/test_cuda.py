@@ -1,5 +1,6 @@
-"""Every path on a CUDA GPU: training (float32 and --amp), fused validation, tools/test.py, the
-demo, fusion exactness, ONNX export of a GPU model, NCCL with SyncBN, the GPU benchmark.
+"""Every path on a CUDA GPU: training (float32 and --amp), deploy validation, tools/test.py, the
+demo, reparameterization exactness, ONNX export of a GPU model, NCCL with SyncBN, the GPU
+benchmark.
 
 Skipped where torch sees no GPU. ``tools/cuda_check.sh`` runs them (``pytest -m cuda``) on a GPU
 machine. ``MOBILEONE_DENSE_TEST_DEVICE=cpu`` runs the same tests on the CPU (all but AMP and
@@ -10,6 +11,7 @@ iterations. With mmcv's kernels disabled (``tests/mmcv_kernel_guard.py``): on a 
 CPU-ops mmcv of ``tools/setup_env.sh`` has none for CUDA tensors, and on the CPU the guard makes
 any path that would need one fail the same way.
 """
+
 import copy
 import json
 import os
@@ -22,14 +24,16 @@ import cv2
 import pytest
 import torch
 from mmengine.config import Config
+from short_configs import (
+    short_classification_config,
+    short_detection_config,
+    short_segmentation_config,
+)
 
-from mobileone_dense.analysis.fusion_check import randomize_batch_norm
+from mobileone_dense.analysis.deploy_check import randomize_batch_norm
 from mobileone_dense.apis import build_model_from_config, check_onnx_parity, export_onnx
 from mobileone_dense.engine.deploy import max_relative_difference, output_tensors
 from mobileone_dense.models.reparameterize import reparameterize
-
-from short_configs import (short_classification_config, short_detection_config,
-                           short_segmentation_config)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
@@ -37,17 +41,25 @@ DEVICE = os.environ.get('MOBILEONE_DENSE_TEST_DEVICE', 'cuda')
 ON_GPU = DEVICE == 'cuda'
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(ON_GPU and not torch.cuda.is_available(),
-                       reason='no CUDA GPU (torch.cuda.is_available() is False); '
-                              'tools/cuda_check.sh runs these on a GPU machine'),
+    pytest.mark.skipif(
+        ON_GPU and not torch.cuda.is_available(),
+        reason='no CUDA GPU (torch.cuda.is_available() is False); '
+        'tools/cuda_check.sh runs these on a GPU machine',
+    ),
 ]
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason='needs a CUDA GPU (AMP, NCCL)')
 
 TASKS = ('detection', 'segmentation', 'classification')
-NAMES = {'detection': 'ssdlite_mobileone_s0_coco', 'segmentation': 'deeplabv3_mobileone_s0_voc',
-         'classification': 'mobileone_s0_imagenet'}
-METRIC = {'detection': 'coco/bbox_mAP_50', 'segmentation': 'mIoU',
-          'classification': 'accuracy/top1'}
+NAMES = {
+    'detection': 'ssdlite_mobileone_s0_coco',
+    'segmentation': 'deeplabv3_mobileone_s0_voc',
+    'classification': 'mobileone_s0_imagenet',
+}
+METRIC = {
+    'detection': 'coco/bbox_mAP_50',
+    'segmentation': 'mIoU',
+    'classification': 'accuracy/top1',
+}
 # the last checkpoint of 10 iterations: detection 1 epoch of 20 images / 2, classification
 # 2 epochs of 10 / 2, segmentation iteration-based
 LAST = {'detection': 'epoch_1', 'segmentation': 'iter_10', 'classification': 'epoch_2'}
@@ -73,16 +85,23 @@ def short_config(task: str, root: str) -> str:
 
 def guarded(tool: str, *args: str, log: str) -> list:
     """The command that runs ``tool`` with mmcv's kernels disabled (calls recorded in ``log``)."""
-    return [sys.executable, osp.join(TESTS, 'mmcv_kernel_guard.py'), '--log', log,
-            osp.join(REPO, tool), *args]
+    return [
+        sys.executable,
+        osp.join(TESTS, 'mmcv_kernel_guard.py'),
+        '--log',
+        log,
+        osp.join(REPO, tool),
+        *args,
+    ]
 
 
 def run(command: list, timeout: int = 600) -> str:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]))
     if not ON_GPU:
         env['CUDA_VISIBLE_DEVICES'] = ''
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                            cwd=TESTS)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, cwd=TESTS
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     return out
@@ -109,12 +128,12 @@ def trained(request, tmp_path_factory):
     return dict(task=task, root=root, config=config, work_dir=work_dir, out=out, log=log)
 
 
-def test_train_validates_fused_and_writes_deploy_files(trained):
+def test_train_validates_deploy_and_writes_deploy_files(trained):
     task, work_dir, out = trained['task'], trained['work_dir'], trained['out']
     assert_no_mmcv_kernel(trained['log'])
     assert ('model on cuda:0' if ON_GPU else 'model on cpu') in out
-    assert 'ReparameterizeHook: fused vs unfused model on a validation batch' in out
-    assert f'{METRIC[task]}:' in out  # the fused model was validated
+    assert 'ReparameterizeHook: deploy vs train-time model on a validation batch' in out
+    assert f'{METRIC[task]}:' in out  # the deploy model was validated
     assert osp.isfile(osp.join(work_dir, f'{LAST[task]}.pth'))
     assert osp.isfile(osp.join(work_dir, f'{LAST[task]}_deploy.pth'))
     assert osp.isfile(osp.join(work_dir, f'{NAMES[task]}_deploy.py'))
@@ -138,12 +157,23 @@ def test_test_tool_gives_the_same_metric_for_training_and_deploy_checkpoints(tra
     task, work_dir = trained['task'], trained['work_dir']
     results = []
     for config, checkpoint in [
-            (trained['config'], osp.join(work_dir, f'{LAST[task]}.pth')),
-            (osp.join(work_dir, f'{NAMES[task]}_deploy.py'),
-             osp.join(work_dir, f'{LAST[task]}_deploy.pth'))]:
-        out = run(guarded('tools/test.py', config, checkpoint, '--work-dir',
-                          osp.join(trained['root'], 'test'), log=trained['log']))
-        assert 'testing the re-parameterized (fused) model' in out or 'nothing to do' in out
+        (trained['config'], osp.join(work_dir, f'{LAST[task]}.pth')),
+        (
+            osp.join(work_dir, f'{NAMES[task]}_deploy.py'),
+            osp.join(work_dir, f'{LAST[task]}_deploy.pth'),
+        ),
+    ]:
+        out = run(
+            guarded(
+                'tools/test.py',
+                config,
+                checkpoint,
+                '--work-dir',
+                osp.join(trained['root'], 'test'),
+                log=trained['log'],
+            )
+        )
+        assert 'testing the re-parameterized (deploy) model' in out or 'nothing to do' in out
         results.append(metric_of(out, task))
     assert_no_mmcv_kernel(trained['log'])
     assert results[0] == pytest.approx(results[1], abs=1e-3)
@@ -154,10 +184,21 @@ def test_demo_on_the_device(trained, tmp_path):
     image = str(tmp_path / 'photo.jpg')
     cv2.imwrite(image, (torch.rand(120, 160, 3) * 255).byte().numpy())
     out_file = str(tmp_path / 'drawn.png')
-    out = run(guarded('demo/image_demo.py', image, osp.join(work_dir, f'{NAMES[task]}_deploy.py'),
-                      osp.join(work_dir, f'{LAST[task]}_deploy.pth'), '--out-file', out_file,
-                      '--device', 'cuda:0' if ON_GPU else 'cpu', '--score-thr', '0.0',
-                      log=trained['log']))
+    out = run(
+        guarded(
+            'demo/image_demo.py',
+            image,
+            osp.join(work_dir, f'{NAMES[task]}_deploy.py'),
+            osp.join(work_dir, f'{LAST[task]}_deploy.pth'),
+            '--out-file',
+            out_file,
+            '--device',
+            'cuda:0' if ON_GPU else 'cpu',
+            '--score-thr',
+            '0.0',
+            log=trained['log'],
+        )
+    )
     assert_no_mmcv_kernel(trained['log'])
     drawn = cv2.imread(out_file)  # the photo, plus a legend (segmentation) or panel (top-5)
     assert drawn.shape[0] >= 120 and drawn.shape[1] >= 160 and 'saved' in out, (drawn.shape, out)
@@ -175,18 +216,19 @@ def device_model(task: str, root: str):
 
 
 @pytest.mark.parametrize('task', TASKS)
-def test_fused_equals_unfused_on_the_device(task, tmp_path):
+def test_deploy_equals_train_time_on_the_device(task, tmp_path):
     """float32 <= 1e-4 relative; TF32 (on by default for cuDNN convolutions on Ampere and newer)
-    is switched off, else the comparison measures TF32's 10-bit mantissa, not the fusion."""
+    is switched off, else the comparison measures TF32's 10-bit mantissa, not the
+    reparameterization."""
     model, x = device_model(task, str(tmp_path))
     previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
             reference = output_tensors(model(x, mode='tensor'))
-            fused = reparameterize(copy.deepcopy(model))
-            assert next(fused.parameters()).device.type == torch.device(DEVICE).type
-            outputs = output_tensors(fused(x, mode='tensor'))
+            deploy = reparameterize(copy.deepcopy(model))
+            assert next(deploy.parameters()).device.type == torch.device(DEVICE).type
+            outputs = output_tensors(deploy(x, mode='tensor'))
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
     assert max_relative_difference(outputs, reference) <= 1e-4
@@ -210,7 +252,7 @@ def test_onnx_export_of_a_device_model(task, tmp_path):
 @needs_gpu
 def test_nccl_launcher_keeps_syncbn(tmp_path):
     """``torchrun --nproc_per_node=1 tools/train.py SEG --launcher pytorch``: NCCL, DDP, SyncBN
-    kept (not reverted to BN as in single-process runs), fused validation, deploy files."""
+    kept (not reverted to BN as in single-process runs), deploy validation, deploy files."""
     cfg = Config.fromfile(short_config('segmentation', str(tmp_path)))
     assert cfg.env_cfg.dist_cfg.backend == 'nccl'
     cfg.custom_imports.imports = list(cfg.custom_imports.imports) + ['distributed_probe']
@@ -221,14 +263,26 @@ def test_nccl_launcher_keeps_syncbn(tmp_path):
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     work_dir = str(tmp_path / 'work')
-    run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=1',
-         f'--master_port={port}', osp.join(REPO, 'tools', 'train.py'), config,
-         '--launcher', 'pytorch', '--work-dir', work_dir])
+    run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=1',
+            f'--master_port={port}',
+            osp.join(REPO, 'tools', 'train.py'),
+            config,
+            '--launcher',
+            'pytorch',
+            '--work-dir',
+            work_dir,
+        ]
+    )
     with open(osp.join(work_dir, 'probe_rank0.json')) as f:
         record = json.load(f)
     assert 'DistributedDataParallel' in record['wrapper']
     assert record['sync_bn'] > 0 and record['bn'] == 0, record
-    assert record['evaluated'][0]['fused']
+    assert record['evaluated'][0]['deploy']
     assert osp.isfile(osp.join(work_dir, 'iter_10_deploy.pth'))
 
 
@@ -236,10 +290,34 @@ def test_gpu_benchmark_measures_every_row(tmp_path):
     """``tools/benchmark.py --mode throughput`` on the device, tiny: every row has images/s."""
     out_dir = str(tmp_path / 'bench')
     dtypes = ['float32', 'float16'] if ON_GPU else ['float32', 'bfloat16']
-    run([sys.executable, osp.join(REPO, 'tools', 'benchmark.py'), '--device', DEVICE,
-         '--mode', 'throughput', '--task', 'cls', '--arch', 's0', '--input-size', '64',
-         '--batches', '2', '--dtypes', *dtypes, '--train-settings', '2x64', '--warmup', '1',
-         '--repeats', '2', '--out-dir', out_dir])
+    run(
+        [
+            sys.executable,
+            osp.join(REPO, 'tools', 'benchmark.py'),
+            '--device',
+            DEVICE,
+            '--mode',
+            'throughput',
+            '--task',
+            'cls',
+            '--arch',
+            's0',
+            '--input-size',
+            '64',
+            '--batches',
+            '2',
+            '--dtypes',
+            *dtypes,
+            '--train-settings',
+            '2x64',
+            '--warmup',
+            '1',
+            '--repeats',
+            '2',
+            '--out-dir',
+            out_dir,
+        ]
+    )
     with open(osp.join(out_dir, 'throughput.json')) as f:
         rows = json.load(f)['rows']
     assert {r['kind'] for r in rows} == {'inference', 'training'}

@@ -1,5 +1,6 @@
 """GPU readiness on any machine: the setup's GPU check with fake drivers, the device the logs
 name, the GPU benchmark's code paths on the CPU."""
+
 import json
 import os
 import os.path as osp
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from mobileone_dense.analysis import throughput as tp
+from mobileone_dense.analysis.throughput_report import format_throughput
 from mobileone_dense.engine.runner import describe_device
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -25,14 +27,22 @@ def preflight(tmp_path, nvidia_smi=None, **env):
     path = [str(folder)]
     if nvidia_smi is not None:
         script = folder / 'nvidia-smi'
-        body = (f'echo "{nvidia_smi}"' if isinstance(nvidia_smi, str)
-                else f'echo "NVIDIA-SMI has failed" >&2; exit {nvidia_smi}')
+        body = (
+            f'echo "{nvidia_smi}"'
+            if isinstance(nvidia_smi, str)
+            else f'echo "NVIDIA-SMI has failed" >&2; exit {nvidia_smi}'
+        )
         script.write_text(f'#!/bin/sh\n{body}\n')
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
     # only the interpreter's folder besides: no real nvidia-smi can be found
     path.append(osp.dirname(sys.executable))
-    result = subprocess.run([sys.executable, PREFLIGHT], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PATH=os.pathsep.join(path), **env))
+    result = subprocess.run(
+        [sys.executable, PREFLIGHT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PATH=os.pathsep.join(path), **env),
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -51,13 +61,16 @@ def test_driver_too_old_for_the_torch_build_stops_and_says_what_to_do(tmp_path):
         assert 'needs driver >= 580.65.06' in out
         assert 'download.pytorch.org/whl/cu126' in out  # a build the driver runs
     assert 'MOBILEONE_DENSE_ALLOW_CPU=1' in out
-    code, out = preflight(tmp_path, 'NVIDIA A100-SXM4-80GB, 535.104.05',
-                          MOBILEONE_DENSE_ALLOW_CPU='1')
+    code, out = preflight(
+        tmp_path, 'NVIDIA A100-SXM4-80GB, 535.104.05', MOBILEONE_DENSE_ALLOW_CPU='1'
+    )
     assert code == 0 and 'warning' in out
 
 
-@pytest.mark.skipif(torch.version.cuda is None or torch.cuda.is_available(),
-                    reason='needs a CUDA build of torch on a machine without a usable GPU')
+@pytest.mark.skipif(
+    torch.version.cuda is None or torch.cuda.is_available(),
+    reason='needs a CUDA build of torch on a machine without a usable GPU',
+)
 def test_new_enough_driver_but_no_usable_gpu_stops(tmp_path):
     code, out = preflight(tmp_path, 'NVIDIA H200, 580.159.03', CUDA_VISIBLE_DEVICES='')
     assert code == 1
@@ -84,29 +97,42 @@ def test_throughput_rows_on_the_cpu(tmp_path):
     """Every inference and training row of a tiny throughput run is measured (no error), with
     the settings it names, and the tables print ratios to MobileNetV2."""
     settings = tp.ThroughputSettings(
-        device='cpu', inference_models=(('cls', ('s0',)),), batches=(1, 2),
-        dtypes=('float32', 'bfloat16'), input_size={'cls': 32}, train_archs=('s0',),
-        reference_archs=('s0',), train_settings=((2, 32),), warmup=1, rounds=2,
-        min_round_s=0.0)
+        device='cpu',
+        inference_models=(('cls', ('s0',)),),
+        batches=(1, 2),
+        dtypes=('float32', 'bfloat16'),
+        input_size={'cls': 32},
+        train_archs=('s0',),
+        reference_archs=('s0',),
+        train_settings=((2, 32),),
+        warmup=1,
+        rounds=2,
+        min_round_s=0.0,
+    )
     before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     result = tp.run_throughput(settings, log=lambda line: None)
     rows = result['rows']
-    inference = {(r['model'], r['form'], r['dtype'], r['batch']) for r in rows
-                 if r['kind'] == 'inference'}
-    for form in ('unfused', 'fused'):
+    inference = {
+        (r['model'], r['form'], r['dtype'], r['batch']) for r in rows if r['kind'] == 'inference'
+    }
+    for form in ('train-time', 'deploy'):
         for dtype in ('float32', 'bfloat16'):
             assert {(tp.OUR_NAMES['cls'], form, dtype, b) for b in (1, 2)} <= inference
-    training = {(r['form'], r['dtype'], r['channels_last']) for r in rows
-                if r['kind'] == 'training'}
-    assert training == {(form, dtype, cl) for form in ('mobilenet_v2', 'unfused', 'plain',
-                                                        'mmpretrain')
-                        for dtype in ('float32', 'amp') for cl in (False, True)}
+    training = {
+        (r['form'], r['dtype'], r['channels_last']) for r in rows if r['kind'] == 'training'
+    }
+    assert training == {
+        (form, dtype, cl)
+        for form in ('mobilenet_v2', 'train-time', 'plain', 'mmpretrain')
+        for dtype in ('float32', 'amp')
+        for cl in (False, True)
+    }
     for row in rows:
         assert row['error'] is None, row
         assert row['images_per_s'] == pytest.approx(row['batch'] / row['ms_per_batch'] * 1e3)
     assert torch.backends.cudnn.benchmark is False  # restored (it is on while measuring)
     torch.backends.cudnn.benchmark = before
-    table = tp.format_throughput(rows)
+    table = format_throughput(rows)
     assert 'training step time relative to MobileNetV2' in table and 'b2@32 amp CL' in table
     json.dumps(result)  # JSON-ready
 
@@ -121,6 +147,10 @@ def test_training_step_updates_the_weights():
 def test_over_budget_rows_are_marked_skipped():
     settings = tp.ThroughputSettings(device='cpu', budget_s=0.0)
     clock = tp.Clock(settings.budget_s)
-    row = tp._measure(tp.ThroughputRow('inference', 'm', 's0', 'fused', 1, 32, 'float32'),
-                      lambda: (lambda: None), settings, clock)
+    row = tp._measure(
+        tp.ThroughputRow('inference', 'm', 's0', 'deploy', 1, 32, 'float32'),
+        lambda: lambda: None,
+        settings,
+        clock,
+    )
     assert row.images_per_s is None and row.error.startswith('skipped')

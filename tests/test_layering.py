@@ -5,6 +5,7 @@ Layers, lowest first: errors, registry -> models, datasets -> converters -> engi
 analysis. ``tools/`` and ``demo/`` sit above them all. A module may import its own package and
 anything below it.
 """
+
 import ast
 import os
 import os.path as osp
@@ -12,8 +13,16 @@ from typing import Dict, List, Set, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PACKAGE = 'mobileone_dense'
-LAYERS = {'errors': 0, 'registry': 0, 'models': 1, 'datasets': 1, 'converters': 2,
-          'engine': 3, 'apis': 4, 'analysis': 5}
+LAYERS = {
+    'errors': 0,
+    'registry': 0,
+    'models': 1,
+    'datasets': 1,
+    'converters': 2,
+    'engine': 3,
+    'apis': 4,
+    'analysis': 5,
+}
 
 
 def modules() -> Dict[str, str]:
@@ -25,7 +34,9 @@ def modules() -> Dict[str, str]:
             if name.endswith('.py'):
                 path = osp.join(folder, name)
                 dotted = osp.relpath(path, REPO)[:-3].replace(os.sep, '.')
-                found[dotted[:-len('.__init__')] if dotted.endswith('.__init__') else dotted] = path
+                found[dotted[: -len('.__init__')] if dotted.endswith('.__init__') else dotted] = (
+                    path
+                )
     return found
 
 
@@ -45,7 +56,7 @@ def imports_of(module: str, path: str) -> List[Tuple[str, int, bool]]:
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split('.')
-                    base = base[:len(base) - child.level + 1]
+                    base = base[: len(base) - child.level + 1]
                     target = '.'.join(base + ([child.module] if child.module else []))
                 else:
                     target = child.module or ''
@@ -87,12 +98,15 @@ def graph() -> Tuple[Dict[str, Set[str]], List[str]]:
 def cycles(edges: Dict[str, Set[str]]) -> List[List[str]]:
     """Import cycles between different packages of ours (Tarjan's strongly connected parts,
     each package of ``mobileone_dense`` taken as one node)."""
+
     def package_of(module):
         return '.'.join(module.split('.')[:2])
+
     nodes: Dict[str, Set[str]] = {}
     for source, targets in edges.items():
         nodes.setdefault(package_of(source), set()).update(
-            package_of(t) for t in targets if package_of(t) != package_of(source))
+            package_of(t) for t in targets if package_of(t) != package_of(source)
+        )
     index, low, stack, on_stack, found = {}, {}, [], set(), []
 
     def connect(node):

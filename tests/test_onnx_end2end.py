@@ -9,6 +9,7 @@
 - the trained segmentor and classifier: end-to-end exports through the tool and the demo's
   label map / top-5 against mmseg's / mmpretrain's inference.
 """
+
 import copy
 import importlib.util
 import json
@@ -22,14 +23,14 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from test_onnx_export import DET_CFG, image_like, make_checkpoint
 
 from mobileone_dense.apis.inference import init_model, read_image
 from mobileone_dense.apis.onnx_end2end import end2end_graph, export_end2end
 from mobileone_dense.apis.onnx_end2end_check import check_end2end, match_detections
-from mobileone_dense.errors import OnnxParityError
 from mobileone_dense.apis.onnx_metadata import read_metadata
 from mobileone_dense.apis.visualization import predict
-from test_onnx_export import DET_CFG, image_like, make_checkpoint
+from mobileone_dense.errors import OnnxParityError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 EXPORT = osp.join(REPO, 'tools', 'deploy', 'export_onnx.py')
@@ -37,7 +38,7 @@ ONNX_DEMO = osp.join(REPO, 'demo', 'onnx_demo.py')
 THREADS = os.environ.get('MOBILEONE_DENSE_TEST_THREADS', '2')
 # Runs a script with torch, torchvision, every mm* package and mobileone_dense unimportable,
 # then checks that none of them was imported after all.
-GUARDED = '''
+GUARDED = """
 import runpy, sys
 BLOCKED = ('torch', 'torchvision', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain', 'mmengine',
            'mobileone_dense')
@@ -58,17 +59,24 @@ else:
 loaded = sorted(name for name in sys.modules if blocked(name))
 print('BLOCKED-IMPORTS', loaded)
 sys.exit(code)
-'''
+"""
 
 
 def run_guarded(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-c', GUARDED, ONNX_DEMO, *args, '--threads',
-                           THREADS], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, '-c', GUARDED, ONNX_DEMO, *args, '--threads', THREADS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def detections_of(instances) -> dict:
-    return dict(boxes=instances.bboxes.numpy(), scores=instances.scores.numpy(),
-                labels=instances.labels.numpy())
+    return dict(
+        boxes=instances.bboxes.numpy(),
+        scores=instances.scores.numpy(),
+        labels=instances.labels.numpy(),
+    )
 
 
 @pytest.fixture(scope='module')
@@ -77,29 +85,36 @@ def det_checkpoint(tmp_path_factory):
     return make_checkpoint(DET_CFG, str(tmp_path_factory.mktemp('e2e') / 'det.pth'), 128)
 
 
-def test_detector_graph_equals_predict_and_the_check_catches_differences(det_checkpoint,
-                                                                          tmp_path):
+def test_detector_graph_equals_predict_and_the_check_catches_differences(det_checkpoint, tmp_path):
     model = init_model(DET_CFG, det_checkpoint)
     from mmdet.structures import DetDataSample
+
     batches = []
     for seed, (h, w) in enumerate([(128, 128), (96, 160)]):
-        metas = [dict(img_shape=(h, w), ori_shape=(300, 400), scale_factor=(w / 400, h / 300)),
-                 dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0))]
+        metas = [
+            dict(img_shape=(h, w), ori_shape=(300, 400), scale_factor=(w / 400, h / 300)),
+            dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)),
+        ]
         batches.append((image_like(2, h, w, seed), [DetDataSample(metainfo=m) for m in metas]))
     # A random head is unsure (scores spread around 1/81): keep at least 10 boxes per image
     # with a threshold in the widest gap between nearby scores, so that no score sits at it,
     # and let nms_pre cut nothing
     with torch.no_grad():
-        per_image = [torch.cat([s[i].permute(1, 2, 0).reshape(-1, 81) for s in
-                                model(x, mode='tensor')[0]]).softmax(-1)[:, :80].flatten()
-                     for x, _ in batches for i in range(x.shape[0])]
+        per_image = [
+            torch.cat([s[i].permute(1, 2, 0).reshape(-1, 81) for s in model(x, mode='tensor')[0]])
+            .softmax(-1)[:, :80]
+            .flatten()
+            for x, _ in batches
+            for i in range(x.shape[0])
+        ]
     upper = min(scores.sort(descending=True).values[9] for scores in per_image)
     every = torch.cat(per_image)
     ranked = every[every < upper].sort(descending=True).values[:300]
     gap, r = (ranked[:-1] - ranked[1:]).max(0)
     assert gap > 1e-5
-    model.bbox_head.test_cfg.update(score_thr=((ranked[r] + ranked[r + 1]) / 2).item(),
-                                    nms_pre=100000, max_per_img=150)
+    model.bbox_head.test_cfg.update(
+        score_thr=((ranked[r] + ranked[r + 1]) / 2).item(), nms_pre=100000, max_per_img=150
+    )
 
     # the PyTorch twin of the graph is predict itself, bit for bit (NMS included)
     graph = end2end_graph(model)
@@ -119,8 +134,12 @@ def test_detector_graph_equals_predict_and_the_check_catches_differences(det_che
             assert not boxes[i, n:].any() and not kept[i, n:].any()
 
     path = str(tmp_path / 'det_e2e.onnx')
-    assert export_end2end(model, path, (1, 3, 128, 128)) == ['boxes', 'scores', 'labels',
-                                                             'num_dets']
+    assert export_end2end(model, path, (1, 3, 128, 128)) == [
+        'boxes',
+        'scores',
+        'labels',
+        'num_dets',
+    ]
     report = check_end2end(model, path, batches)
     assert report['images'] == 4 and report['detections'] >= 40 and report['at_cut'] == 0
     assert report['max_box_diff'] <= 1e-3 and report['max_score_diff'] <= 1e-5
@@ -144,13 +163,17 @@ def load_module(path: str, name: str):
 
 def quickstart_deploy_files(quickstart) -> tuple:
     assert quickstart['returncode'] == 0, quickstart['err'][-3000:]
-    lines = {line.split(':')[0].strip(): line.split(':', 1)[1].strip()
-             for line in quickstart['out'].splitlines() if ' : ' in line}
+    lines = {
+        line.split(':')[0].strip(): line.split(':', 1)[1].strip()
+        for line in quickstart['out'].splitlines()
+        if ' : ' in line
+    }
     return lines['deploy config'], lines['deploy checkpoint']
 
 
-def test_quickstart_detector_end_to_end_and_numpy_demo_match_image_demo(quickstart, tmp_path,
-                                                                         capsys):
+def test_quickstart_detector_end_to_end_and_numpy_demo_match_image_demo(
+    quickstart, tmp_path, capsys
+):
     config, checkpoint = quickstart_deploy_files(quickstart)
     out = str(tmp_path / 'det.onnx')
     tool = load_module(EXPORT, 'export_onnx_det')
@@ -158,8 +181,11 @@ def test_quickstart_detector_end_to_end_and_numpy_demo_match_image_demo(quicksta
     printed = capsys.readouterr().out
     check = next(line for line in printed.splitlines() if 'end-to-end check' in line)
     # checked on the test images at the test size and a second size, every detection equal
-    test_size = next(t['scale'] for t in Config.fromfile(config).test_dataloader.dataset.pipeline
-                     if t['type'] == 'Resize')
+    test_size = next(
+        t['scale']
+        for t in Config.fromfile(config).test_dataloader.dataset.pipeline
+        if t['type'] == 'Resize'
+    )
     sizes = re.search(r'input sizes (\d+)x(\d+) and (\d+)x(\d+)', check).groups()
     assert tuple(map(int, sizes[:2])) == tuple(test_size)[::-1] and sizes[2:] != sizes[:2]
     assert 'equal to model.predict' in check
@@ -168,8 +194,14 @@ def test_quickstart_detector_end_to_end_and_numpy_demo_match_image_demo(quicksta
 
     image_path = sorted(os.listdir(osp.join(quickstart['data_root'], 'val2017')))[0]
     image_path = osp.join(quickstart['data_root'], 'val2017', image_path)
-    demo = run_guarded(image_path, out, '--out-file', str(tmp_path / 'onnx.png'),
-                       '--out-json', str(tmp_path / 'onnx.json'))
+    demo = run_guarded(
+        image_path,
+        out,
+        '--out-file',
+        str(tmp_path / 'onnx.png'),
+        '--out-json',
+        str(tmp_path / 'onnx.json'),
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert 'BLOCKED-IMPORTS []' in demo.stdout
     with open(tmp_path / 'onnx.json') as f:
@@ -178,15 +210,19 @@ def test_quickstart_detector_end_to_end_and_numpy_demo_match_image_demo(quicksta
     # demo/image_demo.py: same summary line, and its predict's detections are the demo's
     image_demo = load_module(osp.join(REPO, 'demo', 'image_demo.py'), 'image_demo_e2e')
     capsys.readouterr()
-    assert image_demo.main([image_path, config, checkpoint, '--out-file',
-                            str(tmp_path / 'torch.png')]) == 0
+    assert (
+        image_demo.main([image_path, config, checkpoint, '--out-file', str(tmp_path / 'torch.png')])
+        == 0
+    )
     summary = demo.stdout.splitlines()[0].split('; saved')[0]
     assert capsys.readouterr().out.splitlines()[-1].split('; saved')[0] == summary
     model = init_model(config, checkpoint)
     want = detections_of(predict(model, read_image(image_path)).pred_instances)
-    have = dict(boxes=np.array([d['box'] for d in got]).reshape(-1, 4),
-                scores=np.array([d['score'] for d in got]),
-                labels=np.array([d['label'] for d in got]))
+    have = dict(
+        boxes=np.array([d['box'] for d in got]).reshape(-1, 4),
+        scores=np.array([d['score'] for d in got]),
+        labels=np.array([d['label'] for d in got]),
+    )
     assert len(got) == len(want['scores']) > 0
     assert len(match_detections(want, have, box_tol=1e-3, score_tol=1e-5)) == len(got)
     keep = want['scores'] >= 0.3
@@ -211,23 +247,51 @@ def test_segmentor_label_map_and_numpy_demo(learned_segmentor, tmp_path):
     paths = {}
     for layout, extra in (('end2end', ['--end2end']), ('raw', [])):
         paths[layout] = str(tmp_path / f'seg_{layout}.onnx')
-        assert tool.main([seg['deploy_config'], seg['deploy_checkpoint'], '--out',
-                          paths[layout], '--input-size', '128', '128', *extra]) == 0
+        assert (
+            tool.main(
+                [
+                    seg['deploy_config'],
+                    seg['deploy_checkpoint'],
+                    '--out',
+                    paths[layout],
+                    '--input-size',
+                    '128',
+                    '128',
+                    *extra,
+                ]
+            )
+            == 0
+        )
     assert read_metadata(paths['end2end'])['outputs'] == {
-        'labels': 'int64 (N, H, W): class index per pixel at the input size'}
+        'labels': 'int64 (N, H, W): class index per pixel at the input size'
+    }
     model = init_model(seg['deploy_config'], seg['deploy_checkpoint'])
-    image_path = osp.join(seg['voc'], 'JPEGImages', sorted(os.listdir(
-        osp.join(seg['voc'], 'JPEGImages')))[0])
+    image_path = osp.join(
+        seg['voc'], 'JPEGImages', sorted(os.listdir(osp.join(seg['voc'], 'JPEGImages')))[0]
+    )
     want = predict(model, read_image(image_path)).pred_sem_seg.data[0].numpy()
     demo_out = load_module(ONNX_DEMO, 'onnx_demo_seg')
     for layout, path in paths.items():
         json_path = str(tmp_path / f'{layout}.json')
-        assert demo_out.main([image_path, path, '--out-file', str(tmp_path / f'{layout}.png'),
-                              '--out-json', json_path]) == 0
+        assert (
+            demo_out.main(
+                [
+                    image_path,
+                    path,
+                    '--out-file',
+                    str(tmp_path / f'{layout}.png'),
+                    '--out-json',
+                    json_path,
+                ]
+            )
+            == 0
+        )
         import onnxruntime as ort
+
         session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-        labels = demo_out.predict(session, demo_out.read_metadata(session),
-                                  read_image(image_path))['labels']
+        labels = demo_out.predict(session, demo_out.read_metadata(session), read_image(image_path))[
+            'labels'
+        ]
         assert labels.shape == want.shape
         # logits resized bilinearly, then argmax: mmseg's label map; nearest-resized labels
         # (end2end) differ along class borders only
@@ -235,11 +299,14 @@ def test_segmentor_label_map_and_numpy_demo(learned_segmentor, tmp_path):
         assert agreement >= (0.999 if layout == 'raw' else 0.99), (layout, agreement)
     # the drawing is image_demo's (same overlay and legend code on the same labels)
     from mobileone_dense.apis.visualization import draw_segmentation
+
     image = read_image(image_path)
-    ours, _ = demo_out.draw_segmentation(image, want, model.dataset_meta['classes'],
-                                         model.dataset_meta['palette'])
-    theirs, _ = draw_segmentation(image, want, model.dataset_meta['classes'],
-                                  model.dataset_meta['palette'])
+    ours, _ = demo_out.draw_segmentation(
+        image, want, model.dataset_meta['classes'], model.dataset_meta['palette']
+    )
+    theirs, _ = draw_segmentation(
+        image, want, model.dataset_meta['classes'], model.dataset_meta['palette']
+    )
     assert np.array_equal(ours, theirs)
 
 
@@ -247,17 +314,34 @@ def test_classifier_topk_and_numpy_demo(learned_classifier, tmp_path):
     cls = learned_classifier
     tool = load_module(EXPORT, 'export_onnx_cls')
     path = str(tmp_path / 'cls.onnx')
-    assert tool.main([cls['deploy_config'], cls['deploy_checkpoint'], '--out', path,
-                      '--input-size', '48', '48', '--end2end', '--topk', '3']) == 0
+    assert (
+        tool.main(
+            [
+                cls['deploy_config'],
+                cls['deploy_checkpoint'],
+                '--out',
+                path,
+                '--input-size',
+                '48',
+                '48',
+                '--end2end',
+                '--topk',
+                '3',
+            ]
+        )
+        == 0
+    )
     meta = read_metadata(path)
     assert list(meta['outputs']) == ['scores', 'labels'] and meta['layout'] == 'end2end'
     model = init_model(cls['deploy_config'], cls['deploy_checkpoint'])
     folder = osp.join(cls['data'], 'val')
     image_path = osp.join(folder, sorted(os.listdir(folder))[0])
     from mobileone_dense.apis.visualization import draw_classification
+
     want = predict(model, read_image(image_path)).pred_score.numpy()
     demo = load_module(ONNX_DEMO, 'onnx_demo_cls')
     import onnxruntime as ort
+
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = demo.predict(session, demo.read_metadata(session), read_image(image_path))['scores']
     top = np.argsort(-want)[:3]

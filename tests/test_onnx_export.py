@@ -1,9 +1,10 @@
-"""ONNX export of fused models (classification, SSDLite detection, DeepLabV3 segmentation).
+"""ONNX export of deploy models (classification, SSDLite detection, DeepLabV3 segmentation).
 
 Every check compares onnxruntime (CPU) with the PyTorch model, including mmdet's ``predict``
 (through :func:`ssd_postprocess`) and mmseg's ``predict``. Checkpoints are random weights with
 calibrated BN statistics, small inputs keep it fast.
 """
+
 import importlib.util
 import os
 import os.path as osp
@@ -19,9 +20,13 @@ import torch.nn.functional as F
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_dense.apis import (build_model_from_config, check_onnx_parity, export_onnx,
-                                  ssd_postprocess)
-from mobileone_dense.apis import onnx_export
+from mobileone_dense.apis import (
+    build_model_from_config,
+    check_onnx_parity,
+    export_onnx,
+    onnx_export,
+    ssd_postprocess,
+)
 from mobileone_dense.apis.inference import init_model
 from mobileone_dense.engine.deploy import atomic_dump_config, deploy_checkpoint, deploy_config
 from mobileone_dense.models.blocks import MobileOneBlock
@@ -44,11 +49,12 @@ def image_like(n: int, h: int, w: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(n, 3, max(1, h // 8), max(1, w // 8), generator=g)
     return F.interpolate(coarse, size=(h, w), mode='bilinear') + 0.3 * torch.randn(
-        n, 3, h, w, generator=g)
+        n, 3, h, w, generator=g
+    )
 
 
 def make_checkpoint(config: str, path: str, size: int) -> str:
-    """A training checkpoint (unfused) with non-trivial BN: random affine, calibrated stats.
+    """A training checkpoint (train-time form) with non-trivial BN: random affine, calibrated stats.
 
     Blocks with an identity branch get their other branches' BN scaled by 0.3, as a trained
     block whose branches refine what the identity carries: random deep nets are otherwise
@@ -61,8 +67,13 @@ def make_checkpoint(config: str, path: str, size: int) -> str:
     gains = {}
     for block in model.modules():
         if isinstance(block, MobileOneBlock) and block.identity_branch is not None:
-            gains.update({id(m): 0.3 for m in block.modules()
-                          if isinstance(m, _BatchNorm) and m is not block.identity_branch})
+            gains.update(
+                {
+                    id(m): 0.3
+                    for m in block.modules()
+                    if isinstance(m, _BatchNorm) and m is not block.identity_branch
+                }
+            )
     with torch.no_grad():
         for bn in (m for m in model.modules() if isinstance(m, _BatchNorm)):
             bn.weight.uniform_(0.75, 1.25).mul_(gains.get(id(bn), 1.0))
@@ -82,9 +93,11 @@ def checkpoints(tmp_path_factory):
 
     def get(config: str, size: int) -> str:
         if config not in made:
-            made[config] = make_checkpoint(config, str(root / (osp.basename(config) + '.pth')),
-                                           size)
+            made[config] = make_checkpoint(
+                config, str(root / (osp.basename(config) + '.pth')), size
+            )
         return made[config]
+
     return get
 
 
@@ -105,13 +118,16 @@ def relative(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def test_classifier_tool_exports_fused_model_with_dynamic_axes(checkpoints, tmp_path):
+def test_classifier_tool_exports_deploy_model_with_dynamic_axes(checkpoints, tmp_path):
     checkpoint = checkpoints(CLS_CFG, 64)
     out = tmp_path / 'export' / 'cls.onnx'
-    result = subprocess.run([sys.executable, TOOL, CLS_CFG, checkpoint, '--out', str(out),
-                             '--input-size', '96', '96'],
-                            capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)))
+    result = subprocess.run(
+        [sys.executable, TOOL, CLS_CFG, checkpoint, '--out', str(out), '--input-size', '96', '96'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)),
+    )
     assert result.returncode == 0, result.stderr
     # parity printed at the export size and at a second size with batch 2, within tolerance
     lines = [line for line in result.stdout.splitlines() if 'max relative difference' in line]
@@ -128,7 +144,7 @@ def test_classifier_tool_exports_fused_model_with_dynamic_axes(checkpoints, tmp_
     graph = onnx.load(str(out)).graph
     dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     assert [o.name for o in graph.output] == ['logits'] and dims == ['batch', 1000]
-    # the fused network was exported: one ONNX Conv per conv of the fused model (the unfused
+    # the deploy network was exported: one ONNX Conv per conv of the deploy model (the train-time
     # one has several branches per block)
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert sum(node.op_type == 'Conv' for node in graph.node) == convs
@@ -153,23 +169,28 @@ def test_detector_onnx_outputs_and_postprocess_match_predict(checkpoints, tmp_pa
 
     # detections: ONNX outputs + mmdet's post-processing == model.predict
     inputs = image_like(2, 96, 160, 2)
-    metas = [dict(img_shape=(96, 160), ori_shape=(300, 400), scale_factor=(160 / 400, 96 / 300)),
-             dict(img_shape=(96, 160), ori_shape=(96, 160), scale_factor=(1.0, 1.0))]
+    metas = [
+        dict(img_shape=(96, 160), ori_shape=(300, 400), scale_factor=(160 / 400, 96 / 300)),
+        dict(img_shape=(96, 160), ori_shape=(96, 160), scale_factor=(1.0, 1.0)),
+    ]
     with torch.no_grad():
         cls_scores, _ = model(inputs, mode='tensor')
     # A random head is unsure (scores spread around 1/81). Keep at least 15 boxes per image
     # with a threshold in the widest gap between nearby scores, so that no score is near it, and
     # let nms_pre and max_per_img cut nothing: then any difference in the detections is real.
-    scores = torch.stack([torch.cat([s[i].permute(1, 2, 0).reshape(-1, 81) for s in cls_scores])
-                          for i in range(2)]).softmax(-1)[..., :80]
+    scores = torch.stack(
+        [torch.cat([s[i].permute(1, 2, 0).reshape(-1, 81) for s in cls_scores]) for i in range(2)]
+    ).softmax(-1)[..., :80]
     upper = scores.flatten(1).sort(1, descending=True).values[:, 14].min()
     ranked = scores[scores < upper].sort(descending=True).values[:300]
     gap, r = (ranked[:-1] - ranked[1:]).max(0)
     assert gap > 1e-5
-    test_cfg = dict(score_thr=((ranked[r] + ranked[r + 1]) / 2).item(), nms_pre=100000,
-                    max_per_img=100000)
+    test_cfg = dict(
+        score_thr=((ranked[r] + ranked[r + 1]) / 2).item(), nms_pre=100000, max_per_img=100000
+    )
     model.bbox_head.test_cfg.update(test_cfg)
     from mmdet.structures import DetDataSample
+
     with torch.no_grad():
         expected = model.predict(inputs, [DetDataSample(metainfo=m) for m in metas], rescale=True)
     outputs = run_onnx(path, inputs)
@@ -181,11 +202,14 @@ def test_detector_onnx_outputs_and_postprocess_match_predict(checkpoints, tmp_pa
             want, have = want.pred_instances, have.pred_instances
             assert 15 <= len(want) == len(have)
             # order by (label, box): near-equal scores may swap places between the runtimes
-            a, b = (np.lexsort(np.c_[i.bboxes.numpy().round(1), i.labels.numpy()].T[::-1])
-                    for i in (want, have))
+            a, b = (
+                np.lexsort(np.c_[i.bboxes.numpy().round(1), i.labels.numpy()].T[::-1])
+                for i in (want, have)
+            )
             assert (want.labels[a] == have.labels[b]).all()
-            assert torch.allclose(want.bboxes[a], have.bboxes[b], atol=1e-3 * max(
-                meta['ori_shape']))
+            assert torch.allclose(
+                want.bboxes[a], have.bboxes[b], atol=1e-3 * max(meta['ori_shape'])
+            )
             assert torch.allclose(want.scores[a], have.scores[b], atol=1e-5)
     with pytest.raises(ValueError, match='img_metas'):
         ssd_postprocess(outputs[:6], outputs[6:], model, metas[:1])
@@ -193,9 +217,9 @@ def test_detector_onnx_outputs_and_postprocess_match_predict(checkpoints, tmp_pa
 
 def test_segmentor_deploy_checkpoint_through_the_tool(checkpoints, tmp_path, capsys):
     # deploy checkpoint + deploy config, as ReparameterizeHook / tools/reparameterize.py write them
-    fused = init_model(SEG_CFG, checkpoints(SEG_CFG, 64))
+    deploy = init_model(SEG_CFG, checkpoints(SEG_CFG, 64))
     deploy_path = str(tmp_path / 'seg_deploy.pth')
-    torch.save(deploy_checkpoint(fused, {}), deploy_path)
+    torch.save(deploy_checkpoint(deploy, {}), deploy_path)
     deploy_cfg_path = str(tmp_path / 'seg_deploy.py')
     atomic_dump_config(deploy_config(Config.fromfile(SEG_CFG), deploy_path), deploy_cfg_path)
     out = str(tmp_path / 'seg.onnx')
@@ -206,9 +230,10 @@ def test_segmentor_deploy_checkpoint_through_the_tool(checkpoints, tmp_path, cap
     assert "output seg_logits: ['batch', 21, 'height', 'width']" in printed
 
     # against mmseg's own predict (same weights) at a size the tool did not check
-    model = fused
+    model = deploy
     inputs = image_like(2, 72, 56, seed=3)
     from mmseg.structures import SegDataSample
+
     meta = dict(img_shape=(72, 56), ori_shape=(72, 56), pad_shape=(72, 56))
     with torch.no_grad():
         expected = model.predict(inputs, [SegDataSample(metainfo=meta) for _ in range(2)])
@@ -220,25 +245,40 @@ def test_segmentor_deploy_checkpoint_through_the_tool(checkpoints, tmp_path, cap
     assert (logits.argmax(1) == labels).mean() > 0.999
 
 
-def test_failed_parity_check_exits_nonzero_and_writes_nothing(checkpoints, tmp_path, capsys,
-                                                              monkeypatch):
+def test_failed_parity_check_exits_nonzero_and_writes_nothing(
+    checkpoints, tmp_path, capsys, monkeypatch
+):
     checkpoint = checkpoints(CLS_CFG, 64)
     real = onnx_export.reference_outputs
     # PyTorch's side now differs from what was exported, by 1 % of its scale
-    monkeypatch.setattr(onnx_export, 'reference_outputs',
-                        lambda model, x: [t + 0.01 * t.abs().max() for t in real(model, x)])
+    monkeypatch.setattr(
+        onnx_export,
+        'reference_outputs',
+        lambda model, x: [t + 0.01 * t.abs().max() for t in real(model, x)],
+    )
     out_dir = tmp_path / 'out'
     tool = load_tool()
-    code = tool.main([CLS_CFG, checkpoint, '--out', str(out_dir / 'cls.onnx'),
-                      '--input-size', '64', '64', '--no-dynamic'])
+    code = tool.main(
+        [
+            CLS_CFG,
+            checkpoint,
+            '--out',
+            str(out_dir / 'cls.onnx'),
+            '--input-size',
+            '64',
+            '64',
+            '--no-dynamic',
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert 'differ from PyTorch' in err and 'no ONNX file written' in err
     assert os.listdir(out_dir) == []  # neither the model nor a temp file
 
 
-def test_missing_checkpoint_and_missing_onnxruntime_are_explained(checkpoints, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_missing_checkpoint_and_missing_onnxruntime_are_explained(
+    checkpoints, tmp_path, capsys, monkeypatch
+):
     tool = load_tool()
     missing = str(tmp_path / 'missing.pth')
     assert tool.main([CLS_CFG, missing, '--out', str(tmp_path / 'x.onnx')]) == 1

@@ -6,6 +6,7 @@ classifier) is exported, quantized by ``tools/deploy/quantize_onnx.py`` on image
 ONNX model's metric must be the one PyTorch testing gave (so the ONNX evaluation is the real
 metric), the INT8 file must be much smaller and stay close in accuracy.
 """
+
 import importlib.util
 import json
 import os.path as osp
@@ -32,8 +33,21 @@ def load_tool():
 def quantize(config, model_path, tmp_path, *extra):
     """Run the tool; the JSON rows (float32, int8) and what it printed."""
     out_json = str(tmp_path / 'result.json')
-    code = load_tool().main([config, model_path, '--calib-images', '4', '--repeats', '3',
-                             '--threads', '2', '--out-json', out_json, *extra])
+    code = load_tool().main(
+        [
+            config,
+            model_path,
+            '--calib-images',
+            '4',
+            '--repeats',
+            '3',
+            '--threads',
+            '2',
+            '--out-json',
+            out_json,
+            *extra,
+        ]
+    )
     assert code == 0
     with open(out_json) as f:
         return json.load(f)
@@ -48,10 +62,13 @@ def check_rows(result, metric, float_expected, max_drop):
     assert result['rows'][1]['path'].endswith('_int8.onnx')
 
 
-def test_calibration_reads_the_training_split_through_the_test_pipeline(learned_segmentor,
-                                                                         monkeypatch):
+def test_calibration_reads_the_training_split_through_the_test_pipeline(
+    learned_segmentor, monkeypatch
+):
     from mmengine.config import Config
+
     from mobileone_dense.apis.model_building import build_model_from_config
+
     cfg = Config.fromfile(learned_segmentor['config'])
     model = build_model_from_config(cfg).eval()
     calls = []
@@ -61,6 +78,7 @@ def test_calibration_reads_the_training_split_through_the_test_pipeline(learned_
         dataset = real(cfg, split, pipeline)
         calls.append((split, dataset))
         return dataset
+
     monkeypatch.setattr(quantization, 'split_dataset', recording)
     feeds = quantization.calibration_feeds(model, cfg, 3, 'segmentation')
     assert [split for split, _ in calls] == ['train']
@@ -83,6 +101,7 @@ def test_segmentor_int8_against_float(learned_segmentor, tmp_path):
     path = str(tmp_path / 'seg.onnx')
     export_onnx(model, path, (1, 3, 128, 128))
     from trained_runs import miou_printed_by
+
     result = quantize(seg['deploy_config'], path, tmp_path)
     check_rows(result, 'mIoU', miou_printed_by(seg['tests']['deploy']), max_drop=5.0)
     assert read_metadata(result['rows'][1]['path'])['task'] == 'segmentation'
@@ -93,13 +112,22 @@ def test_classifier_int8_against_float(learned_classifier, tmp_path):
     model = init_model(cls['deploy_config'], cls['deploy_checkpoint'])
     path = str(tmp_path / 'cls.onnx')
     export_onnx(model, path, (1, 3, 48, 48))
-    expected = next(float(line.split('accuracy/top1:')[1].split()[0])
-                    for line in reversed(cls['logs'].splitlines()) if 'accuracy/top1:' in line)
-    # The trained S0's stem and first stage have fused kernels up to ~1e3-1e4 (BN channels of
+    expected = next(
+        float(line.split('accuracy/top1:')[1].split()[0])
+        for line in reversed(cls['logs'].splitlines())
+        if 'accuracy/top1:' in line
+    )
+    # The trained S0's stem and first stage have deploy kernels up to ~1e3-1e4 (BN channels of
     # near-zero variance), which amplify the rounding of their INT8 inputs: quantized as well,
     # top-1 falls to chance (docs/deployment.md). Kept float, the rest quantizes cleanly.
-    result = quantize(cls['deploy_config'], path, tmp_path, '--exclude', '/model/backbone/stem/',
-                      '/model/backbone/stages.0/')
+    result = quantize(
+        cls['deploy_config'],
+        path,
+        tmp_path,
+        '--exclude',
+        '/model/backbone/stem/',
+        '/model/backbone/stages.0/',
+    )
     check_rows(result, 'top-1', expected, max_drop=10.0)
     assert result['settings']['method'] == 'MinMax'
     kept = result['kept_float']
@@ -108,8 +136,11 @@ def test_classifier_int8_against_float(learned_classifier, tmp_path):
 
 def test_detector_int8_end_to_end_against_float(quickstart, tmp_path):
     assert quickstart['returncode'] == 0
-    lines = {line.split(':')[0].strip(): line.split(':', 1)[1].strip()
-             for line in quickstart['out'].splitlines() if ' : ' in line}
+    lines = {
+        line.split(':')[0].strip(): line.split(':', 1)[1].strip()
+        for line in quickstart['out'].splitlines()
+        if ' : ' in line
+    }
     config, checkpoint = lines['deploy config'], lines['deploy checkpoint']
     model = init_model(config, checkpoint)
     path = str(tmp_path / 'det.onnx')
@@ -121,6 +152,7 @@ def test_detector_int8_end_to_end_against_float(quickstart, tmp_path):
     assert result['kept_float'] == []
     # the network is INT8 (QDQ), the post-processing float (NMS included)
     import onnx
+
     graph = onnx.load(result['rows'][1]['path']).graph
     assert sum(n.op_type == 'DequantizeLinear' for n in graph.node) > 50
     assert any(n.op_type == 'NonMaxSuppression' for n in graph.node)

@@ -5,6 +5,7 @@ needs no mmcv kernel and equals mmdet's own (mmcv) post-processing, box for box.
 The run itself is the session fixture ``quickstart`` (conftest.py), shared with the detection
 tests.
 """
+
 import glob
 import os.path as osp
 import pickle
@@ -35,8 +36,8 @@ def test_quickstart_learns_the_shapes_without_mmcv_kernels(quickstart):
     out = quickstart['out']
     assert not osp.exists(quickstart['kernels_log']), open(quickstart['kernels_log']).read()
     assert printed_map50(out) >= MAP50_FLOOR, out[-2000:]
-    fusion_error = float(re.search(r'fused vs unfused outputs \(relative\): (\S+)', out)[1])
-    assert fusion_error < 1e-4
+    deploy_error = float(re.search(r'deploy vs train-time outputs \(relative\): (\S+)', out)[1])
+    assert deploy_error < 1e-4
     for label in ('training checkpoint', 'deploy checkpoint', 'deploy config', 'demo drawing'):
         assert osp.isfile(printed_path(out, label)), label
     assert osp.isfile(osp.join(quickstart['data_root'], 'annotations', 'instances_val2017.json'))
@@ -49,6 +50,7 @@ def test_the_untrained_model_does_not_detect_the_shapes(quickstart, tmp_path):
     """The learning baseline: the same config and data, validated before any training step."""
     from mobileone_dense.apis.quickstart import quickstart_config
     from mobileone_dense.engine import Runner
+
     cfg = quickstart_config(quickstart['data_root'], str(tmp_path))
     cfg.log_level = 'WARNING'
     cfg.val_dataloader.num_workers = 0
@@ -57,8 +59,7 @@ def test_the_untrained_model_does_not_detect_the_shapes(quickstart, tmp_path):
 
 
 def run(*args):
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result.stdout + result.stderr
 
@@ -70,12 +71,30 @@ def test_test_tool_predictions_equal_the_mmcv_path(quickstart, tmp_path):
     out = quickstart['out']
     config, checkpoint = printed_path(out, 'deploy config'), printed_path(out, 'deploy checkpoint')
     log = str(tmp_path / 'kernels.log')
-    ours = run(GUARD, '--log', log, osp.join(REPO, 'tools', 'test.py'), config, checkpoint,
-               '--work-dir', str(tmp_path / 'ours'), '--out', str(tmp_path / 'ours.pkl'))
+    ours = run(
+        GUARD,
+        '--log',
+        log,
+        osp.join(REPO, 'tools', 'test.py'),
+        config,
+        checkpoint,
+        '--work-dir',
+        str(tmp_path / 'ours'),
+        '--out',
+        str(tmp_path / 'ours.pkl'),
+    )
     assert not osp.exists(log), open(log).read()
-    upstream = run(GUARD, '--upstream-nms', osp.join(REPO, 'tools', 'test.py'), config,
-                   checkpoint, '--work-dir', str(tmp_path / 'mmcv'), '--out',
-                   str(tmp_path / 'mmcv.pkl'))
+    upstream = run(
+        GUARD,
+        '--upstream-nms',
+        osp.join(REPO, 'tools', 'test.py'),
+        config,
+        checkpoint,
+        '--work-dir',
+        str(tmp_path / 'mmcv'),
+        '--out',
+        str(tmp_path / 'mmcv.pkl'),
+    )
     with open(tmp_path / 'ours.pkl', 'rb') as f:
         predictions = pickle.load(f)
     with open(tmp_path / 'mmcv.pkl', 'rb') as f:
@@ -85,20 +104,28 @@ def test_test_tool_predictions_equal_the_mmcv_path(quickstart, tmp_path):
     for prediction, reference in zip(predictions, references):
         assert prediction['img_path'] == reference['img_path']
         for key in ('bboxes', 'scores', 'labels'):
-            assert torch.equal(prediction['pred_instances'][key],
-                               reference['pred_instances'][key]), key
+            assert torch.equal(
+                prediction['pred_instances'][key], reference['pred_instances'][key]
+            ), key
         kept += len(reference['pred_instances']['scores'])
     assert kept > 8  # boxes below the score threshold too: NMS had work to do
-    maps = [float(re.findall(r'coco/bbox_mAP_50: ([0-9.]+)', text)[-1])
-            for text in (ours, upstream)]
+    maps = [
+        float(re.findall(r'coco/bbox_mAP_50: ([0-9.]+)', text)[-1]) for text in (ours, upstream)
+    ]
     assert maps[0] == maps[1] == pytest.approx(printed_map50(out), abs=1e-3)
 
 
 def test_demo_drawing_equals_the_mmcv_path(quickstart, tmp_path):
     out = quickstart['out']
     image = sorted(glob.glob(osp.join(quickstart['data_root'], 'val2017', '*.jpg')))[0]
-    args = [osp.join(REPO, 'demo', 'image_demo.py'), image, printed_path(out, 'deploy config'),
-            printed_path(out, 'deploy checkpoint'), '--score-thr', '0.05']
+    args = [
+        osp.join(REPO, 'demo', 'image_demo.py'),
+        image,
+        printed_path(out, 'deploy config'),
+        printed_path(out, 'deploy checkpoint'),
+        '--score-thr',
+        '0.05',
+    ]
     log = str(tmp_path / 'kernels.log')
     run(GUARD, '--log', log, *args, '--out-file', str(tmp_path / 'ours.png'))
     assert not osp.exists(log), open(log).read()

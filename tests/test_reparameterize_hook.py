@@ -1,18 +1,18 @@
-"""ReparameterizeHook in a real mmengine run: fused validation (EMA-aware), fused test, deploy files."""
+"""ReparameterizeHook in a real mmengine run: deploy validation (EMA-aware), deploy test, deploy
+files."""
+
 import copy
 import os.path as osp
 
 import pytest
 import torch
+from helpers import make_image_folder, tiny_classifier_config
 from mmengine.config import Config
 from mmengine.hooks import EMAHook, Hook
 
 from mobileone_dense import reparameterize
 from mobileone_dense.engine import ReparameterizeHook, Runner
-from mobileone_dense.engine.hooks.reparameterize_hook import has_branches
-from mobileone_dense.models import MobileOne
-
-from helpers import make_image_folder, tiny_classifier_config
+from mobileone_dense.models import MobileOne, in_deploy_form
 
 
 class ValProbe(Hook):
@@ -23,13 +23,16 @@ class ValProbe(Hook):
 
     def before_val_epoch(self, runner):
         ema = next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
-        self.records.append(dict(
-            val_model=copy.deepcopy(runner.model),
-            # after EMAHook's swap, the training model object holds the averaged weights and
-            # ema_model.module the raw ones
-            training_model_id=id(self.training_model),
-            ema_weights=copy.deepcopy(self.training_model.state_dict()),
-            raw_weights=(copy.deepcopy(ema.ema_model.module.state_dict()) if ema else None)))
+        self.records.append(
+            dict(
+                val_model=copy.deepcopy(runner.model),
+                # after EMAHook's swap, the training model object holds the averaged weights and
+                # ema_model.module the raw ones
+                training_model_id=id(self.training_model),
+                ema_weights=copy.deepcopy(self.training_model.state_dict()),
+                raw_weights=(copy.deepcopy(ema.ema_model.module.state_dict()) if ema else None),
+            )
+        )
 
     def after_val_epoch(self, runner, metrics=None):
         self.records[-1]['model_after'] = runner.model
@@ -54,7 +57,7 @@ def outputs_with(model_template, state_dict, inputs):
         return model(inputs, mode='tensor')
 
 
-def test_validation_runs_the_fused_ema_model(tmp_path):
+def test_validation_runs_the_deploy_ema_model(tmp_path):
     runner, probe = build_runner(tmp_path, max_iters=4, val_interval=2, ema=True)
     training_model = runner.model
     runner.train()
@@ -62,7 +65,7 @@ def test_validation_runs_the_fused_ema_model(tmp_path):
     inputs = torch.rand(2, 3, 32, 32)
     for record in probe.records:
         val_model = record['val_model']
-        assert not has_branches(val_model), 'validation must run the fused model'
+        assert in_deploy_form(val_model), 'validation must run the deploy model'
         assert record['model_after'] is training_model, 'training model restored after val'
         expected = outputs_with(training_model, record['ema_weights'], inputs)
         wrong = outputs_with(training_model, record['raw_weights'], inputs)
@@ -71,9 +74,10 @@ def test_validation_runs_the_fused_ema_model(tmp_path):
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), 'not the EMA weights'
         assert not torch.allclose(got, wrong, rtol=1e-3, atol=1e-4), 'EMA had no effect?'
     # the training model keeps its branches and the optimizer still drives its parameters
-    assert has_branches(training_model)
-    optimizer_params = {id(p) for g in runner.optim_wrapper.optimizer.param_groups
-                        for p in g['params']}
+    assert not in_deploy_form(training_model)
+    optimizer_params = {
+        id(p) for g in runner.optim_wrapper.optimizer.param_groups for p in g['params']
+    }
     assert optimizer_params == {id(p) for p in training_model.parameters()}
     assert 'accuracy/top1' in probe.records[-1]['metrics']
 
@@ -94,7 +98,7 @@ def test_training_weights_untouched_by_validation(tmp_path):
     for before, after in zip(states[::2], states[1::2]):
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not has_branches(probe.records[0]['val_model'])
+    assert in_deploy_form(probe.records[0]['val_model'])
 
 
 def test_deploy_checkpoint_and_config_after_training(tmp_path):
@@ -103,39 +107,44 @@ def test_deploy_checkpoint_and_config_after_training(tmp_path):
     hook = next(h for h in runner.hooks if isinstance(h, ReparameterizeHook))
     files = hook.deploy_files
     assert files['checkpoint'].endswith('iter_2_deploy.pth') and osp.isfile(files['checkpoint'])
-    assert hook.last_fusion_error is not None and hook.last_fusion_error < 1e-5
+    assert hook.last_deploy_error is not None and hook.last_deploy_error < 1e-5
     deploy_cfg = Config.fromfile(files['config'])
     assert deploy_cfg.model.backbone.deploy is True
     assert deploy_cfg.load_from == files['checkpoint']
     checkpoint = torch.load(files['checkpoint'], weights_only=True)
     assert not any('conv_branches' in k for k in checkpoint['state_dict'])
-    # the deploy config builds a fused model that loads the deploy checkpoint strictly, and its
+    # the deploy config builds a deploy model that loads the deploy checkpoint strictly, and its
     # weights are the EMA model's
     from mobileone_dense.apis import build_model_from_config
+
     model = build_model_from_config(deploy_cfg)
     model.load_state_dict(checkpoint['state_dict'], strict=True)
     ema = next(h for h in runner.hooks if isinstance(h, EMAHook))
     expected = reparameterize(copy.deepcopy(ema.ema_model.module)).state_dict()
     assert all(torch.allclose(checkpoint['state_dict'][k], v.cpu()) for k, v in expected.items())
     # no temp files left behind
-    assert not [f for f in __import__('os').listdir(osp.dirname(files['checkpoint']))
-                if f.endswith('.tmp')]
+    assert not [
+        f for f in __import__('os').listdir(osp.dirname(files['checkpoint'])) if f.endswith('.tmp')
+    ]
 
 
-def test_test_fuses_in_place_and_each_part_can_be_switched_off(tmp_path):
+def test_test_reparameterizes_in_place_and_each_part_can_be_switched_off(tmp_path):
     runner, _ = build_runner(tmp_path, max_iters=2, val_interval=2, ema=True)
     runner.train()
     metrics = runner.test()
-    assert not has_branches(runner.model), 'runner.test() must run the fused model'
+    assert in_deploy_form(runner.model), 'runner.test() must run the deploy model'
     assert 'accuracy/top1' in metrics
 
-    runner2, probe2 = build_runner(tmp_path / 'off', max_iters=2, val_interval=2,
-                                   reparameterize_hook=dict(fuse_val=False, fuse_test=False,
-                                                            save_deploy=False))
+    runner2, probe2 = build_runner(
+        tmp_path / 'off',
+        max_iters=2,
+        val_interval=2,
+        reparameterize_hook=dict(deploy_val=False, deploy_test=False, save_deploy=False),
+    )
     runner2.train()
-    assert has_branches(probe2.records[0]['val_model'])
+    assert not in_deploy_form(probe2.records[0]['val_model'])
     runner2.test()
-    assert has_branches(runner2.model)
+    assert not in_deploy_form(runner2.model)
     assert not list((tmp_path / 'off' / 'work').glob('*_deploy.pth'))
 
 
@@ -158,3 +167,15 @@ def test_noop_on_models_without_branches(tmp_path, caplog):
     hook.before_val_epoch(runner)
     assert runner.model is model
     assert len(FakeRunner.logger.messages) == 1 and 'nothing to do' in FakeRunner.logger.messages[0]
+
+
+@pytest.mark.parametrize(
+    'old,new',
+    [('fuse_val', 'deploy_val'), ('fuse_test', 'deploy_test'), ('check_fusion', 'check_deploy')],
+)
+def test_old_argument_names_still_work_with_a_deprecation_warning(old, new):
+    with pytest.warns(DeprecationWarning, match=f'"{old}" is deprecated.*use "{new}"'):
+        hook = ReparameterizeHook(**{old: False})
+    assert getattr(hook, new) is False
+    others = {'deploy_val', 'deploy_test', 'check_deploy'} - {new}
+    assert all(getattr(hook, name) is True for name in others)

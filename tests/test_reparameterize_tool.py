@@ -1,4 +1,5 @@
-"""tools/reparameterize.py: fuse a trained checkpoint, verify, write atomically."""
+"""tools/reparameterize.py: re-parameterize a trained checkpoint, verify, write atomically."""
+
 import importlib.util
 import os
 import os.path as osp
@@ -7,14 +8,13 @@ import sys
 
 import pytest
 import torch
+from helpers import make_image_folder, tiny_classifier_config
 from mmengine.config import Config
 
 from mobileone_dense.apis import build_model_from_config
-from mobileone_dense.engine.deploy import atomic_save
 from mobileone_dense.engine import Runner
+from mobileone_dense.engine.deploy import atomic_save
 from mobileone_dense.errors import WeightsMismatchError
-
-from helpers import make_image_folder, tiny_classifier_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -23,8 +23,16 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp('reparam')
     data = make_image_folder(str(root / 'data'))
-    cfg = Config(tiny_classifier_config(str(root / 'work'), data, max_iters=2, val_interval=2,
-                                        ema=True, reparameterize_hook=dict(save_deploy=False)))
+    cfg = Config(
+        tiny_classifier_config(
+            str(root / 'work'),
+            data,
+            max_iters=2,
+            val_interval=2,
+            ema=True,
+            reparameterize_hook=dict(save_deploy=False),
+        )
+    )
     config_path = str(root / 'tiny_cls.py')
     cfg.dump(config_path)
     Runner.from_cfg(Config.fromfile(config_path)).train()
@@ -32,8 +40,9 @@ def trained(tmp_path_factory):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('reparameterize_tool',
-                                                  osp.join(REPO, 'tools', 'reparameterize.py'))
+    spec = importlib.util.spec_from_file_location(
+        'reparameterize_tool', osp.join(REPO, 'tools', 'reparameterize.py')
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,40 +52,55 @@ TOOL = load_tool()
 
 
 @pytest.mark.parametrize('weights', ['ema', 'raw'])
-def test_fuses_verifies_and_writes_checkpoint_and_config(trained, tmp_path, weights, capsys):
+def test_reparameterizes_verifies_and_writes_checkpoint_and_config(
+    trained, tmp_path, weights, capsys
+):
     _, config_path, checkpoint = trained
-    out = str(tmp_path / 'fused.pth')
+    out = str(tmp_path / 'deploy.pth')
     if weights == 'ema':  # the command line itself, once
-        result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'reparameterize.py'),
-                                 config_path, checkpoint, out], capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            [
+                sys.executable,
+                osp.join(REPO, 'tools', 'reparameterize.py'),
+                config_path,
+                checkpoint,
+                out,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr
         printed = result.stdout
     else:
         assert TOOL.main([config_path, checkpoint, out, '--weights', weights]) == 0
         printed = capsys.readouterr().out
-    assert 'fused model verified' in printed
-    deploy_cfg = Config.fromfile(str(tmp_path / 'fused.py'))
+    assert 'deploy model verified' in printed
+    deploy_cfg = Config.fromfile(str(tmp_path / 'deploy.py'))
     assert deploy_cfg.model.backbone.deploy is True
-    fused_state = torch.load(out, weights_only=True)['state_dict']
+    deploy_state = torch.load(out, weights_only=True)['state_dict']
     model = build_model_from_config(deploy_cfg)
-    model.load_state_dict(fused_state, strict=True)
+    model.load_state_dict(deploy_state, strict=True)
     # ema and raw weights really differ: the tool picked what was asked for
     from mobileone_dense.converters import allow_mmengine_checkpoints
+
     with allow_mmengine_checkpoints():
         source = torch.load(checkpoint, weights_only=True)
-    expected = (source['state_dict'] if weights == 'ema' else
-                {k[7:]: v for k, v in source['ema_state_dict'].items() if k.startswith('module.')})
+    expected = (
+        source['state_dict']
+        if weights == 'ema'
+        else {k[7:]: v for k, v in source['ema_state_dict'].items() if k.startswith('module.')}
+    )
     head = expected['head.fc.weight']
-    assert torch.allclose(fused_state['head.fc.weight'], head)
+    assert torch.allclose(deploy_state['head.fc.weight'], head)
 
 
 def test_failed_verification_writes_nothing(trained, tmp_path, capsys):
     _, config_path, checkpoint = trained
-    out = tmp_path / 'fused.pth'
+    out = tmp_path / 'deploy.pth'
     assert TOOL.main([config_path, checkpoint, str(out), '--tolerance', '-1']) == 1
     assert 'nothing written' in capsys.readouterr().err
-    assert not out.exists() and not (tmp_path / 'fused.py').exists()
+    assert not out.exists() and not (tmp_path / 'deploy.py').exists()
     assert os.listdir(tmp_path) == []
 
 

@@ -1,4 +1,5 @@
 """Resuming on torch >= 2.6 with a scoped allowlist; weights_only stays strict elsewhere."""
+
 import copy
 import os.path as osp
 import pickle
@@ -8,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import make_image_folder, tiny_classifier_config
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from mobileone_dense.converters import allow_mmengine_checkpoints, load_checkpoint_file
 from mobileone_dense.engine import Runner
-
-from helpers import make_image_folder, tiny_classifier_config
+from mobileone_dense.engine.launch import build_runner
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -34,8 +35,13 @@ def first_run(tmp_path_factory):
     cfg = Config(tiny_classifier_config(str(root / 'work'), data, max_iters=2, val_interval=2))
     config_path = str(root / 'tiny_cls.py')
     cfg.dump(config_path)
-    result = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), config_path],
-                            cwd=root, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', 'train.py'), config_path],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert osp.isfile(root / 'work' / 'iter_2.pth')
     return root, config_path
@@ -54,9 +60,20 @@ def test_plain_weights_only_load_refuses_mmengine_checkpoint(first_run):
 def test_resume_from_the_command_line(first_run):
     root, config_path = first_run
     result = subprocess.run(
-        [sys.executable, osp.join(REPO, 'tools', 'train.py'), config_path, '--resume',
-         '--cfg-options', 'train_cfg.max_iters=4', 'log_level=INFO'],
-        cwd=root, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            osp.join(REPO, 'tools', 'train.py'),
+            config_path,
+            '--resume',
+            '--cfg-options',
+            'train_cfg.max_iters=4',
+            'log_level=INFO',
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'resumed epoch: 0, iter: 2' in result.stdout + result.stderr
     with allow_mmengine_checkpoints():
@@ -90,9 +107,34 @@ def test_resume_restores_iteration_optimizer_and_weights(first_run, tmp_path):
     momentum_seen = seen['optimizer']['state']
     assert momentum_saved.keys() == momentum_seen.keys() and len(momentum_saved) > 0
     for key in momentum_saved:
-        assert torch.equal(momentum_saved[key]['momentum_buffer'],
-                           momentum_seen[key]['momentum_buffer'])
+        assert torch.equal(
+            momentum_saved[key]['momentum_buffer'], momentum_seen[key]['momentum_buffer']
+        )
     assert runner.iter == 3
+
+
+def test_a_test_run_reads_its_checkpoint_once(first_run, tmp_path, monkeypatch):
+    """tools/test.py's path: the checks read the checkpoint (truncated? does it fit?), the
+    Runner takes that read instead of reading the file again (deploy check, then mmengine's
+    loader)."""
+    root, config_path = first_run
+    cfg = Config.fromfile(config_path)
+    cfg.work_dir, cfg.resume = str(tmp_path), False
+    cfg.load_from = str(root / 'work' / 'iter_2.pth')
+    reads = []
+    load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', counting_load)
+    runner = build_runner(cfg, mode='test')
+    runner.load_or_resume()  # what runner.test() does first
+    assert reads == [cfg.load_from]
+    with allow_mmengine_checkpoints():
+        saved = load(cfg.load_from, weights_only=True)['state_dict']
+    assert all(torch.equal(runner.model.state_dict()[k], v) for k, v in saved.items())
 
 
 def test_allowlist_is_not_process_wide(first_run, tmp_path):
@@ -129,6 +171,6 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     path = tmp_path / 'model.pth'
     torch.save({'state_dict': {'w': torch.zeros(1000)}}, path)
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match='truncated'):
         load_checkpoint_file(str(path))

@@ -2,8 +2,9 @@
 
 ``conftest.py`` exposes them as session fixtures (``quickstart`` for detection,
 ``learned_segmentor``, ``learned_classifier``), so that the learning tests and the val / test /
-demo / export / fusion tests all use one training run per task.
+demo / export / reparameterization tests all use one training run per task.
 """
+
 import json
 import os
 import os.path as osp
@@ -23,8 +24,9 @@ TESTS = osp.join(REPO, 'tests')
 
 def run_tool(*args, timeout=900, env=None, cwd=None) -> str:
     """``python ARGS``; fails with the end of the output unless it exits 0."""
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                            timeout=timeout, env=env, cwd=cwd)
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return result.stdout + result.stderr
 
@@ -47,12 +49,16 @@ def run_env():
     """Environment of the tool runs: the probe importable; one intra-op thread, because the
     runs' data loader workers share the two cores and OpenMP's two threads then stall each other
     (measured here: a training step 10-15x slower)."""
-    return dict(os.environ, OMP_NUM_THREADS='1',
-                PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]),
+    )
 
 
-def train(arch, root, data, max_epochs, curriculum, batch_size, split_at=None, ema_momentum=None,
-          lr=None):
+def train(
+    arch, root, data, max_epochs, curriculum, batch_size, split_at=None, ema_momentum=None, lr=None
+):
     """The real config, with only data paths, epochs (schedulers and curriculum scaled with
     `set_imagenet_schedule`), image sizes and batch size changed, and a probe hook added;
     trained by tools/train.py, with a resume after `split_at` epochs when given."""
@@ -74,13 +80,25 @@ def train(arch, root, data, max_epochs, curriculum, batch_size, split_at=None, e
     work_dir = str(root / 'work')
     env = run_env()
     logs = ''
-    runs = [['--cfg-options', f'train_cfg.max_epochs={split_at}'], ['--resume']] \
-        if split_at else [[]]
+    runs = (
+        [['--cfg-options', f'train_cfg.max_epochs={split_at}'], ['--resume']] if split_at else [[]]
+    )
     for extra in runs:
         result = subprocess.run(
-            [sys.executable, osp.join(REPO, 'tools', 'train.py'), config, '--work-dir',
-             work_dir, *extra], capture_output=True, text=True, timeout=600, cwd=str(root),
-            env=env)
+            [
+                sys.executable,
+                osp.join(REPO, 'tools', 'train.py'),
+                config,
+                '--work-dir',
+                work_dir,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=str(root),
+            env=env,
+        )
         logs += result.stdout + result.stderr
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     with open(probe_file) as f:
@@ -89,8 +107,13 @@ def train(arch, root, data, max_epochs, curriculum, batch_size, split_at=None, e
 
 
 def generated_imagenet(root, train_per_class):
-    return make_imagenet_folder(osp.join(root, 'imagenet'), num_classes=4,
-                                train_per_class=train_per_class, val_per_class=6, size=56)['root']
+    return make_imagenet_folder(
+        osp.join(root, 'imagenet'),
+        num_classes=4,
+        train_per_class=train_per_class,
+        val_per_class=6,
+        size=56,
+    )['root']
 
 
 def learn_classifier(root):
@@ -100,16 +123,28 @@ def learn_classifier(root):
     keep the averaged weights at their initialization for thousands of steps), and lr 0.03: the
     config's 0.1 is for 256 images per step after a 5-epoch warm-up; at 16 per step with a
     1-epoch warm-up it diverges, and the linearly scaled 0.00625 (`--auto-scale-lr`) is too slow
-    for this run (both measured). With 32 images per class (80 steps) the fused EMA model
+    for this run (both measured). With 32 images per class (80 steps) the deploy EMA model
     learnt only in the last epochs, which a change of Pillow's resize already moved below the
-    test's threshold once; 48 (120 steps) learn with epochs to spare (README, "Tests")."""
+    test's threshold once; 48 (120 steps) learn with epochs to spare (docs/tests.md)."""
     os.makedirs(root, exist_ok=True)
-    run = train('s0', pathlib.Path(root), generated_imagenet(root, 48), LEARN_EPOCHS,
-                LEARN_CURRICULUM, batch_size=16, ema_momentum=0.2, lr=0.03)
+    run = train(
+        's0',
+        pathlib.Path(root),
+        generated_imagenet(root, 48),
+        LEARN_EPOCHS,
+        LEARN_CURRICULUM,
+        batch_size=16,
+        ema_momentum=0.2,
+        lr=0.03,
+    )
     last = osp.join(run['work_dir'], f'epoch_{LEARN_EPOCHS}')
-    return dict(run, data=osp.join(root, 'imagenet'), checkpoint=f'{last}.pth',
-                deploy_checkpoint=f'{last}_deploy.pth',
-                deploy_config=osp.join(run['work_dir'], 'mobileone_s0_imagenet_deploy.py'))
+    return dict(
+        run,
+        data=osp.join(root, 'imagenet'),
+        checkpoint=f'{last}.pth',
+        deploy_checkpoint=f'{last}_deploy.pth',
+        deploy_config=osp.join(run['work_dir'], 'mobileone_s0_imagenet_deploy.py'),
+    )
 
 
 # -- segmentation ----------------------------------------------------------------------------
@@ -140,8 +175,8 @@ def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128,
     cfg.optim_wrapper.optimizer.lr = lr
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
-        dict(type='CosineAnnealingLR', by_epoch=False, begin=10, end=max_iters,
-             eta_min_ratio=0.01)]
+        dict(type='CosineAnnealingLR', by_epoch=False, begin=10, end=max_iters, eta_min_ratio=0.01),
+    ]
     # a 5e-4 EMA averages over ~2000 iterations: over 120 it would keep the initial weights
     next(h for h in cfg.custom_hooks if h.type == 'EMAHook').momentum = 0.05
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)
@@ -151,10 +186,9 @@ def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128,
     return cfg
 
 
-
 def miou_printed_by(out):
     """The mIoU tools/test.py printed."""
-    line = next(l for l in out.splitlines() if 'mIoU:' in l and 'Iter(test)' in l)
+    line = next(row for row in out.splitlines() if 'mIoU:' in row and 'Iter(test)' in row)
     return float(line.split('mIoU:')[1].split()[0])
 
 
@@ -162,8 +196,14 @@ def learn_segmentor(root):
     """The real S0 VOC config (learning settings: data, crops, batch, schedule) trained by
     tools/train.py on generated VOC data, then tools/test.py on its training and its deploy
     checkpoint."""
-    voc = make_voc_shapes(osp.join(root, 'VOCdevkit'), num_train=24, num_aug=8, num_val=8,
-                          image_size=(128, 128), seed=1)
+    voc = make_voc_shapes(
+        osp.join(root, 'VOCdevkit'),
+        num_train=24,
+        num_aug=8,
+        num_val=8,
+        image_size=(128, 128),
+        seed=1,
+    )
     work_dir = osp.join(root, 'work')
     config = osp.join(root, 'deeplabv3_mobileone_s0_voc.py')
     learning_config(voc, work_dir).dump(config)
@@ -171,11 +211,26 @@ def learn_segmentor(root):
     last = f'iter_{LEARNING_ITERS}'
     tests = {}
     for name, (test_config, checkpoint) in {
-            'training': (config, osp.join(work_dir, f'{last}.pth')),
-            'deploy': (osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'),
-                       osp.join(work_dir, f'{last}_deploy.pth'))}.items():
-        tests[name] = run_tool(osp.join(REPO, 'tools', 'test.py'), test_config, checkpoint,
-                               '--work-dir', osp.join(root, f'test_{name}'))
-    return dict(voc=voc, work_dir=work_dir, config=config, log=log, tests=tests, last=last,
-                deploy_config=osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'),
-                deploy_checkpoint=osp.join(work_dir, f'{last}_deploy.pth'))
+        'training': (config, osp.join(work_dir, f'{last}.pth')),
+        'deploy': (
+            osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'),
+            osp.join(work_dir, f'{last}_deploy.pth'),
+        ),
+    }.items():
+        tests[name] = run_tool(
+            osp.join(REPO, 'tools', 'test.py'),
+            test_config,
+            checkpoint,
+            '--work-dir',
+            osp.join(root, f'test_{name}'),
+        )
+    return dict(
+        voc=voc,
+        work_dir=work_dir,
+        config=config,
+        log=log,
+        tests=tests,
+        last=last,
+        deploy_config=osp.join(work_dir, 'deeplabv3_mobileone_s0_voc_deploy.py'),
+        deploy_checkpoint=osp.join(work_dir, f'{last}_deploy.pth'),
+    )

@@ -7,16 +7,24 @@ as ``init_cfg=dict(type='Pretrained', checkpoint='OUT.pth', prefix='backbone.')`
 backbone of a detection or segmentation config. The arch is recognised by loading the weights
 strictly into each MobileOne variant; the file is written atomically.
 """
+
 import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
-import mobileone_dense  # noqa: E402,F401
-from mobileone_dense.converters import (SOURCES, backbone_state_dict,  # noqa: E402
-                                        convert_state_dict, detect_source, is_fused,
-                                        load_checkpoint_file, recognise_arch, state_dict_of)
-from mobileone_dense.engine.deploy import atomic_save  # noqa: E402
+import mobileone_dense  # noqa: F401
+from mobileone_dense.converters import (
+    SOURCES,
+    backbone_state_dict,
+    convert_state_dict,
+    detect_source,
+    is_deploy_state_dict,
+    load_checkpoint_file,
+    recognise_arch,
+    state_dict_of,
+)
+from mobileone_dense.engine.deploy import atomic_save
 
 
 def main(argv=None) -> int:
@@ -29,12 +37,15 @@ def main(argv=None) -> int:
     source = detect_source(state_dict) if args.source == 'auto' else args.source
     converted = convert_state_dict(state_dict, source=source)
     arch = recognise_arch(backbone_state_dict(converted))
-    fused = is_fused(converted)
-    meta = dict(source=source, arch=arch, fused=fused, converted_from=osp.basename(args.src))
+    deploy = is_deploy_state_dict(converted)
+    meta = dict(source=source, arch=arch, deploy=deploy, converted_from=osp.basename(args.src))
     atomic_save(dict(meta=meta, state_dict=converted), args.out)
-    print(f'{source} MobileOne-{arch} ({"fused" if fused else "unfused"}) -> {args.out}: '
-          f'{len(converted)} tensors; load it with MobileOne(arch={arch!r}, deploy={fused}) and '
-          "init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')")
+    form = 'deploy form' if deploy else 'train-time form'
+    print(
+        f'{source} MobileOne-{arch} ({form}) -> {args.out}: '
+        f'{len(converted)} tensors; load it with MobileOne(arch={arch!r}, deploy={deploy}) and '
+        "init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')"
+    )
     return 0
 
 

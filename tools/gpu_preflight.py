@@ -7,6 +7,7 @@ project need not be installed). Without it a GPU machine whose driver is older t
 the pinned torch wheel (torch 2.14.1 from PyPI is a CUDA 13 build) trains silently on the CPU.
 ``MOBILEONE_DENSE_ALLOW_CPU=1`` turns the stop into a warning.
 """
+
 import os
 import shutil
 import subprocess
@@ -33,27 +34,36 @@ def query_gpus() -> Optional[List[Tuple[str, str]]]:
     """
     if shutil.which('nvidia-smi') is None:
         return None
-    result = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version',
-                             '--format=csv,noheader'], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ['nvidia-smi', '--query-gpu=name,driver_version', '--format=csv,noheader'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or not lines:
-        raise RuntimeError('nvidia-smi is installed but failed (exit status '
-                           f'{result.returncode}): {(result.stderr or result.stdout).strip()}')
+        raise RuntimeError(
+            'nvidia-smi is installed but failed (exit status '
+            f'{result.returncode}): {(result.stderr or result.stdout).strip()}'
+        )
     return [tuple(part.strip() for part in line.rsplit(',', 1)) for line in lines]
 
 
 def check(gpus: Optional[List[Tuple[str, str]]]) -> Tuple[bool, str]:
     """(ok, message) for the installed torch on a machine with ``gpus``."""
     import torch
+
     if not gpus:
         return True, f'no NVIDIA GPU (no nvidia-smi): torch {torch.__version__} runs on the CPU'
     name, driver = gpus[0]
     found = f'{len(gpus)} x {name}, NVIDIA driver {driver}'
     cuda = torch.version.cuda
     if cuda is None:
-        return False, (f'this machine has {found}, but torch {torch.__version__} is a CPU-only '
-                       f'build. Install a CUDA build of torch into the environment (see '
-                       f'{TORCH_INSTALL_PAGE}), then run the setup again.')
+        return False, (
+            f'this machine has {found}, but torch {torch.__version__} is a CPU-only '
+            f'build. Install a CUDA build of torch into the environment (see '
+            f'{TORCH_INSTALL_PAGE}), then run the setup again.'
+        )
     major = version_tuple(cuda)[0]
     needed = MIN_DRIVER.get(major)
     if needed is not None and version_tuple(driver) < version_tuple(needed):
@@ -65,24 +75,30 @@ def check(gpus: Optional[List[Tuple[str, str]]]) -> Tuple[bool, str]:
                 f'{MIN_DRIVER[max(runs)]}), e.g. `.venv/bin/pip install '
                 f'torch=={torch.__version__.split("+")[0]} torchvision --index-url '
                 f'https://download.pytorch.org/whl/{index}` (other builds: {TORCH_INSTALL_PAGE}), '
-                'then run the setup again: it keeps that build.')
+                'then run the setup again: it keeps that build.'
+            )
         else:
             alternative = f'no CUDA build of torch runs on driver {driver}.'
-        return False, (f'this machine has {found}, too old for torch {torch.__version__}, which '
-                       f'is built with CUDA {cuda} and needs driver >= {needed}. Update the '
-                       f'NVIDIA driver to {needed} or newer, {alternative}')
+        return False, (
+            f'this machine has {found}, too old for torch {torch.__version__}, which '
+            f'is built with CUDA {cuda} and needs driver >= {needed}. Update the '
+            f'NVIDIA driver to {needed} or newer, {alternative}'
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         available = torch.cuda.is_available()
     if not available:
         reason = '; '.join(str(w.message).strip() for w in caught) or 'no reason given by torch'
         hidden = os.environ.get('CUDA_VISIBLE_DEVICES')
-        hint = (f' CUDA_VISIBLE_DEVICES is {hidden!r}.' if hidden is not None else '')
-        return False, (f'this machine has {found} and torch {torch.__version__} (CUDA {cuda}) '
-                       f'should run on it, but torch cannot use the GPU ({reason}).{hint} Check '
-                       'that this process may open /dev/nvidia* and that nvidia-smi works in it.')
-    return True, (f'{found}: torch {torch.__version__} (CUDA {cuda}) uses '
-                  f'{torch.cuda.get_device_name(0)}')
+        hint = f' CUDA_VISIBLE_DEVICES is {hidden!r}.' if hidden is not None else ''
+        return False, (
+            f'this machine has {found} and torch {torch.__version__} (CUDA {cuda}) '
+            f'should run on it, but torch cannot use the GPU ({reason}).{hint} Check '
+            'that this process may open /dev/nvidia* and that nvidia-smi works in it.'
+        )
+    return True, (
+        f'{found}: torch {torch.__version__} (CUDA {cuda}) uses {torch.cuda.get_device_name(0)}'
+    )
 
 
 def main() -> int:
@@ -94,11 +110,15 @@ def main() -> int:
         print(f'[gpu] {message}')
         return 0
     if os.environ.get('MOBILEONE_DENSE_ALLOW_CPU') == '1':
-        print(f'[gpu] warning: {message} Continuing on the CPU (MOBILEONE_DENSE_ALLOW_CPU=1).',
-              file=sys.stderr)
+        print(
+            f'[gpu] warning: {message} Continuing on the CPU (MOBILEONE_DENSE_ALLOW_CPU=1).',
+            file=sys.stderr,
+        )
         return 0
-    print(f'[gpu] error: {message} (To set up for the CPU anyway: MOBILEONE_DENSE_ALLOW_CPU=1.)',
-          file=sys.stderr)
+    print(
+        f'[gpu] error: {message} (To set up for the CPU anyway: MOBILEONE_DENSE_ALLOW_CPU=1.)',
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -3,9 +3,9 @@
 #
 # - torch/torchvision and the OpenMMLab stack pinned in requirements.txt;
 # - on a machine with an NVIDIA GPU, a check that this torch can use it (tools/gpu_preflight.py);
-# - mmcv 2.1.0 built from its sdist with CPU ops (tools/build_mmcv.sh; about 13-23 minutes on 2
-#   cores), the wheel cached under ~/.cache/mobileone_dense/wheels/<torch>-<python>/ so later
-#   setups take minutes;
+# - mmcv 2.1.0 built from its sdist with CPU ops (tools/build_mmcv.sh; the slow step, README
+#   "Quick start" has its measured time), the wheel cached under
+#   ~/.cache/mobileone_dense/wheels/<torch>-<python>/ so that later setups skip it;
 # - this package installed editable;
 # - setuptools pinned last (some installs upgrade it behind our back).
 # A stamp file records the hash of the inputs: a second run with nothing changed returns at once.
@@ -40,7 +40,7 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 # pip, minus this machine's noise about absent local index folders.
 pipq() { "${PIP[@]}" "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
-log "installing build tools, torch and torchvision (torch comes from local disk, ~90 s)"
+log "installing build tools, torch and torchvision (torch comes from local disk)"
 pipq install -q wheel -r "$ROOT/requirements-build.txt"
 pipq install -q "torch==2.14.1" "torchvision==0.29.1" numpy -r "$ROOT/requirements-build.txt"
 

@@ -1,26 +1,38 @@
-"""Test a checkpoint of any mobileone_dense config; the model is fused before testing.
+"""Test a checkpoint of any mobileone_dense config; the model is in deploy form for testing.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
-        [--cfg-options k=v ...]
+python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+    [--cfg-options k=v ...]
 """
+
 import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
-import mobileone_dense  # noqa: E402,F401
-from mmengine.evaluator import DumpResults  # noqa: E402
-from mobileone_dense.errors import InputError  # noqa: E402
-from mobileone_dense.engine.launch import (add_common_arguments, build_runner,  # noqa: E402
-                                           load_config, parse_common_arguments)
+from mmengine.evaluator import DumpResults
+
+import mobileone_dense  # noqa: F401
+from mobileone_dense.engine.launch import (
+    add_common_arguments,
+    build_runner,
+    load_config,
+    parse_common_arguments,
+)
+from mobileone_dense.errors import InputError
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a model')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('checkpoint', help='checkpoint file (fused or not, as the config says)')
-    parser.add_argument('--out', help='also dump every prediction to this .pkl file (mmengine '
-                        "DumpResults: one dict per image, e.g. pred_instances' bboxes/scores/labels)")
+    parser.add_argument(
+        'checkpoint', help='checkpoint file (deploy form or not, as the config says)'
+    )
+    parser.add_argument(
+        '--out',
+        help='also dump every prediction to this .pkl file (mmengine '
+        "DumpResults: one dict per image, e.g. pred_instances' "
+        'bboxes/scores/labels)',
+    )
     add_common_arguments(parser)
     args = parse_common_arguments(parser)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):

@@ -33,8 +33,9 @@ gpus, batch_per_gpu = 8, 16  # effective batch 128
 iters_per_epoch = -(-num_train_images // (gpus * batch_per_gpu))
 max_epochs = 50
 max_iters = max_epochs * iters_per_epoch  # 7900
-train_dataloader = dict(batch_size=batch_per_gpu, num_workers=4,
-                        dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(
+    batch_size=batch_per_gpu, num_workers=4, dataset=dict(pipeline=train_pipeline)
+)
 auto_scale_lr = dict(enable=False, base_batch_size=gpus * batch_per_gpu)
 
 train_cfg = dict(max_iters=max_iters, val_interval=5 * iters_per_epoch)

@@ -33,13 +33,19 @@ val_pipeline = [
 val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 data_root = 'data/VOCdevkit/VOC2012'
 voc_train = dict(
-    type='mmseg.PascalVOCDataset', data_root=data_root,
+    type='mmseg.PascalVOCDataset',
+    data_root=data_root,
     data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'),
-    ann_file='ImageSets/Segmentation/train.txt', pipeline=train_pipeline)
+    ann_file='ImageSets/Segmentation/train.txt',
+    pipeline=train_pipeline,
+)
 voc_aug = dict(
-    type='mmseg.PascalVOCDataset', data_root=data_root,
+    type='mmseg.PascalVOCDataset',
+    data_root=data_root,
     data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClassAug'),
-    ann_file='ImageSets/Segmentation/aug.txt', pipeline=train_pipeline)
+    ann_file='ImageSets/Segmentation/aug.txt',
+    pipeline=train_pipeline,
+)
 
 # 50 epochs as iterations: ceil(10582 images / 128 per step) = 83 iterations per epoch.
 num_train_images = 10582
@@ -50,7 +56,8 @@ max_iters = max_epochs * iters_per_epoch  # 4150
 train_dataloader = dict(
     batch_size=batch_per_gpu,
     num_workers=4,
-    dataset=dict(_delete_=True, type='mmengine.ConcatDataset', datasets=[voc_train, voc_aug]))
+    dataset=dict(_delete_=True, type='mmengine.ConcatDataset', datasets=[voc_train, voc_aug]),
+)
 auto_scale_lr = dict(enable=False, base_batch_size=gpus * batch_per_gpu)
 
 train_cfg = dict(max_iters=max_iters, val_interval=5 * iters_per_epoch)

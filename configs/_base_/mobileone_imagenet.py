@@ -17,14 +17,16 @@ model = dict(
     # mmpretrain's normalization, inside the model so that every way of building it (the Runner,
     # build_model_from_config, a config inheriting ours) normalizes the same way.
     data_preprocessor=dict(_base_.data_preprocessor, type='mmpretrain.ClsDataPreprocessor'),
-    backbone=dict(type='mobileone_dense.MobileOne', arch=arch, out_indices=(3, )),
+    backbone=dict(type='mobileone_dense.MobileOne', arch=arch, out_indices=(3,)),
     neck=dict(type='mmpretrain.GlobalAveragePooling'),
     head=dict(
         type='mmpretrain.LinearClsHead',
         num_classes=1000,
         in_channels=1024,  # last stage of the arch (variant files set it)
         loss=dict(type='mmpretrain.LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        topk=(1, 5)))
+        topk=(1, 5),
+    ),
+)
 
 # Progressive learning (paper Table 15): (first epoch, 0-based as in the table; training crop
 # size; AutoAugment strength alpha, used only by the AutoAugment variants). Evaluation is at 224
@@ -60,7 +62,7 @@ val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 # SGD, lr 0.1, momentum 0.9, weight decay 1e-4 (the base). The paper is silent on decay of BN
 # parameters and on warm-up: as mmpretrain's MobileOne configs, no decay on BN (norm_decay_mult=0)
 # and the base's 5-epoch linear warm-up, then cosine to 1e-6 (the base's).
-optim_wrapper = dict(paramwise_cfg=dict(norm_decay_mult=0.))
+optim_wrapper = dict(paramwise_cfg=dict(norm_decay_mult=0.0))
 # Weight decay annealed by the same cosine from 1e-4 to 1e-5 (the base's
 # CosineAnnealingParamScheduler over the 300 epochs). The base's absolute eta_min=1e-5 would
 # *raise* the decay of the BN groups (0 with norm_decay_mult=0) towards 1e-5, as it does in
@@ -74,8 +76,9 @@ param_scheduler = [
 auto_scale_lr = dict(base_batch_size=256)
 
 default_hooks = dict(
-    # every epoch, as the base, but keep the last 3 and the best (top-1 of the fused EMA model)
-    checkpoint=dict(interval=1, max_keep_ckpts=3, save_best='auto'))
+    # every epoch, as the base, but keep the last 3 and the best (top-1 of the deploy EMA model)
+    checkpoint=dict(interval=1, max_keep_ckpts=3, save_best='auto')
+)
 custom_hooks = [
     # mmpretrain's hook switches the training pipeline at the stage boundaries, and re-applies
     # every past switch when resuming. It reads `train_pipeline=` (mmpretrain's MobileOne configs
@@ -85,12 +88,13 @@ custom_hooks = [
         schedule=[
             dict(action_epoch=first + 1, train_pipeline=train_pipeline_at(size, strength))
             for first, size, strength in curriculum[1:]
-        ]),
+        ],
+    ),
     # stop at the first NaN/inf loss term, before EMA/CheckpointHook see the broken weights
     # (after SwitchRecipeHook: mobileone_imagenet_autoaug.py replaces the first hook)
     dict(type='mobileone_dense.FiniteLossHook'),
     # EMA with decay 0.9995, as mmpretrain's MobileOne configs (averages BN statistics too)
     dict(type='EMAHook', momentum=5e-4, priority='ABOVE_NORMAL', update_buffers=True),
-    # validation top-1 is the fused (re-parameterized) EMA model's; deploy files at the end
+    # validation top-1 is the deploy (re-parameterized) EMA model's; deploy files at the end
     dict(type='mobileone_dense.ReparameterizeHook'),
 ]

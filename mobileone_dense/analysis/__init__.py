@@ -1,6 +1,16 @@
-from .complexity import (PAPER_COMPLEXITY, ComplexityRow, measure_classifier_complexity,
-                         params_and_macs)
-from .fusion_check import fusion_error, randomize_batch_norm
+from .complexity import (
+    PAPER_COMPLEXITY,
+    ComplexityRow,
+    measure_classifier_complexity,
+    params_and_macs,
+)
+from .deploy_check import deploy_error, randomize_batch_norm
 
-__all__ = ['PAPER_COMPLEXITY', 'ComplexityRow', 'fusion_error', 'measure_classifier_complexity',
-           'params_and_macs', 'randomize_batch_norm']
+__all__ = [
+    'PAPER_COMPLEXITY',
+    'ComplexityRow',
+    'deploy_error',
+    'measure_classifier_complexity',
+    'params_and_macs',
+    'randomize_batch_norm',
+]

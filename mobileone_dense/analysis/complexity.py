@@ -1,4 +1,5 @@
-"""Parameter and multiply-accumulate counts of fused MobileOne classifiers (paper Tables 9, 13)."""
+"""Parameter and multiply-accumulate counts of deploy MobileOne classifiers (paper Tables 9, 13)."""
+
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -12,8 +13,14 @@ from ..models.reparameterize import reparameterize
 # (params in millions, MACs in millions) at 224x224, as printed in the paper (fvcore counts one
 # multiply-accumulate as one "FLOP", which is what mmengine's FlopAnalyzer reports too).
 PAPER_COMPLEXITY: Dict[str, Tuple[float, float]] = {
-    's0': (2.1, 275), 's1': (4.8, 825), 's2': (7.8, 1299), 's3': (10.1, 1896), 's4': (14.8, 2978),
-    'mu0': (0.57, 68), 'mu1': (0.98, 139), 'mu2': (1.3, 214),
+    's0': (2.1, 275),
+    's1': (4.8, 825),
+    's2': (7.8, 1299),
+    's3': (10.1, 1896),
+    's4': (14.8, 2978),
+    'mu0': (0.57, 68),
+    'mu1': (0.98, 139),
+    'mu2': (1.3, 214),
 }
 
 
@@ -59,7 +66,7 @@ def params_and_macs(model: nn.Module, inputs: torch.Tensor) -> Tuple[float, floa
 
 
 def measure_classifier_complexity(arch: str, input_size: int = 224) -> ComplexityRow:
-    """Fused params and MACs of backbone + GAP + 1000-class linear head at ``input_size``."""
+    """Deploy-form params and MACs of backbone + GAP + 1000-class linear head at ``input_size``."""
     model = reparameterize(_Classifier(MobileOne(arch, out_indices=(3,))))
     params, macs = params_and_macs(model, torch.zeros(1, 3, input_size, input_size))
     paper_params, paper_macs = PAPER_COMPLEXITY[arch]

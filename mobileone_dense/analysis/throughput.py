@@ -1,4 +1,4 @@
-"""Images per second: inference (fused vs unfused, float32 vs float16/bfloat16) and training.
+"""Images per second: inference (deploy vs train-time, float32 vs float16/bfloat16), training.
 
 What is timed (``tools/benchmark.py --mode throughput``, the default with ``--device cuda``):
 
@@ -18,6 +18,7 @@ What is timed (``tools/benchmark.py --mode throughput``, the default with ``--de
   head are the same for every backbone). ``peak_mb``: ``torch.cuda.max_memory_allocated`` of the
   timed steps (CUDA only).
 """
+
 import copy
 import math
 import statistics
@@ -28,21 +29,29 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from mmengine.config import Config
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from ..apis.model_building import build_model_from_config
 from ..models.mobileone import stage_channels
 from ..models.reparameterize import reparameterize
-from .benchmark import (BASELINE_NAMES, OUR_NAMES, TensorMode, build_mmpretrain_mobileone,
-                        build_mobilenet_v2, build_ours, our_config, sync_for,
-                        time_callable)
+from .baselines import (
+    BASELINE_NAMES,
+    OUR_NAMES,
+    TensorMode,
+    build_mobilenet_v2,
+    build_ours,
+    our_config,
+)
+from .timing import sync_for, time_callable
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 # (task, archs) of the inference table: classifiers S0-S4, SSDLite S0/S2, DeepLabV3 S0
-INFERENCE_MODELS = (('cls', ('s0', 's1', 's2', 's3', 's4')), ('det', ('s0', 's2')),
-                    ('seg', ('s0',)))
+INFERENCE_MODELS = (
+    ('cls', ('s0', 's1', 's2', 's3', 's4')),
+    ('det', ('s0', 's2')),
+    ('seg', ('s0',)),
+)
 INPUT_SIZE = {'cls': 224, 'det': 320, 'seg': 512}
 # (batch, square input side) of the training table: ImageNet, SSDLite and DeepLabV3 inputs
 TRAIN_SETTINGS = ((32, 224), (24, 320), (8, 512))
@@ -51,6 +60,7 @@ TRAIN_SETTINGS = ((32, 224), (24, 320), (8, 512))
 @dataclass
 class ThroughputSettings:
     """What to measure (see ``tools/benchmark.py --help``)."""
+
     device: str = 'cuda'
     inference_models: Sequence[Tuple[str, Sequence[str]]] = INFERENCE_MODELS
     batches: Sequence[int] = (1, 64)
@@ -72,6 +82,7 @@ class ThroughputSettings:
 @dataclass
 class ThroughputRow:
     """One measurement; ``images_per_s`` is None when it was skipped or failed (``error``)."""
+
     kind: str  # 'inference' or 'training'
     model: str
     variant: str
@@ -86,11 +97,16 @@ class ThroughputRow:
     error: Optional[str] = None
 
 
-def time_rounds(fn: Callable[[], object], sync: Optional[Callable[[], None]], warmup: int,
-                rounds: int, min_round_s: float) -> Tuple[float, int]:
+def time_rounds(
+    fn: Callable[[], object],
+    sync: Optional[Callable[[], None]],
+    warmup: int,
+    rounds: int,
+    min_round_s: float,
+) -> Tuple[float, int]:
     """(median seconds per call, calls per round): ``warmup`` calls, then ``rounds`` rounds of
     back-to-back calls (enough for ``min_round_s``), each round timed by
-    :func:`.benchmark.time_callable` (synchronized before and after)."""
+    :func:`.timing.time_callable` (synchronized before and after)."""
     for _ in range(warmup):
         fn()
     one = max(time_callable(fn, 0, 1, sync)[0], 1e-6)
@@ -99,13 +115,14 @@ def time_rounds(fn: Callable[[], object], sync: Optional[Callable[[], None]], wa
     def round_of_calls() -> None:
         for _ in range(calls):
             fn()
+
     return statistics.median(time_callable(round_of_calls, 0, rounds, sync)) / calls, calls
 
 
 def _peak_tracking(device: str) -> Tuple[Callable[[], None], Callable[[], Optional[float]]]:
     if torch.device(device).type != 'cuda':
         return (lambda: None), (lambda: None)
-    return torch.cuda.reset_peak_memory_stats, lambda: torch.cuda.max_memory_allocated() / 2 ** 20
+    return torch.cuda.reset_peak_memory_stats, lambda: torch.cuda.max_memory_allocated() / 2**20
 
 
 class Clock:
@@ -118,8 +135,12 @@ class Clock:
         return self.budget_s is not None and time.perf_counter() - self.start > self.budget_s
 
 
-def _measure(row: ThroughputRow, fn_factory: Callable[[], Callable[[], object]],
-             settings: ThroughputSettings, clock: Clock) -> ThroughputRow:
+def _measure(
+    row: ThroughputRow,
+    fn_factory: Callable[[], Callable[[], object]],
+    settings: ThroughputSettings,
+    clock: Clock,
+) -> ThroughputRow:
     """Fill ``row`` by timing ``fn_factory()``; an error (e.g. out of memory) is recorded."""
     if clock.spent():
         row.error = f'skipped: over the {settings.budget_s:.0f} s budget'
@@ -128,8 +149,9 @@ def _measure(row: ThroughputRow, fn_factory: Callable[[], Callable[[], object]],
     try:
         fn = fn_factory()
         reset_peak()
-        seconds, _ = time_rounds(fn, sync_for(settings.device), settings.warmup,
-                                 settings.rounds, settings.min_round_s)
+        seconds, _ = time_rounds(
+            fn, sync_for(settings.device), settings.warmup, settings.rounds, settings.min_round_s
+        )
     except (RuntimeError, ValueError, NotImplementedError) as error:
         row.error = f'{type(error).__name__}: {str(error).splitlines()[0][:160]}'
     else:
@@ -149,32 +171,44 @@ def inference_models(settings: ThroughputSettings) -> List[Tuple[str, str, str, 
         baseline = reparameterize(build_mobilenet_v2(task))
         models.append((task, BASELINE_NAMES[task], 'x1.0', 'BN folded', baseline))
         for arch in archs:
-            unfused = build_ours(task, arch)
-            models.append((task, OUR_NAMES[task], arch, 'unfused', unfused))
-            models.append((task, OUR_NAMES[task], arch, 'fused',
-                           reparameterize(copy.deepcopy(unfused))))
+            train_time = build_ours(task, arch)
+            models.append((task, OUR_NAMES[task], arch, 'train-time', train_time))
+            models.append(
+                (task, OUR_NAMES[task], arch, 'deploy', reparameterize(copy.deepcopy(train_time)))
+            )
     return models
 
 
-def measure_inference(settings: ThroughputSettings, clock: Clock,
-                      log: Callable[[str], None] = print) -> List[ThroughputRow]:
+def measure_inference(
+    settings: ThroughputSettings, clock: Clock, log: Callable[[str], None] = print
+) -> List[ThroughputRow]:
     rows = []
     for task, name, variant, form, model in inference_models(settings):
         size = settings.size_for(task)
         log(f'  inference {name} {variant} {form} at {size}x{size}')
         for dtype in settings.dtypes:
             for batch in settings.batches:
+
                 def factory(model=model, dtype=dtype, batch=batch, size=size):
                     module = model.to(settings.device, DTYPES[dtype]).eval()
-                    x = torch.randn(batch, 3, size, size, device=settings.device,
-                                    dtype=DTYPES[dtype])
+                    x = torch.randn(
+                        batch, 3, size, size, device=settings.device, dtype=DTYPES[dtype]
+                    )
 
                     def call():
                         with torch.inference_mode():
                             return module(x)
+
                     return call
-                rows.append(_measure(ThroughputRow('inference', name, variant, form, batch, size,
-                                                   dtype), factory, settings, clock))
+
+                rows.append(
+                    _measure(
+                        ThroughputRow('inference', name, variant, form, batch, size, dtype),
+                        factory,
+                        settings,
+                        clock,
+                    )
+                )
         model.to('cpu', torch.float32)  # free the device for the next model
     return rows
 
@@ -182,32 +216,44 @@ def measure_inference(settings: ThroughputSettings, clock: Clock,
 def classifier_network(arch: str, form: str) -> nn.Module:
     """The ImageNet classifier network (``forward(x)`` gives logits) of the training table.
 
-    ``form``: 'unfused' (ours with its training branches), 'plain' (ours built fused, i.e. the
+    ``form``: 'train-time' (ours with its branches), 'plain' (ours built in deploy form, i.e. the
     same network trained without branches), 'mmpretrain' (mmpretrain's MobileOne with its
     branches) or 'mobilenet_v2' (torchvision's; ``arch`` ignored).
     """
     if form == 'mobilenet_v2':
         return build_mobilenet_v2('cls')
     if form == 'mmpretrain':
-        return TensorMode(MMPRETRAIN_MODELS.build(dict(
-            type='ImageClassifier', _scope_='mmpretrain',
-            backbone=dict(type='MobileOne', arch=arch, out_indices=(3,)),
-            neck=dict(type='GlobalAveragePooling'),
-            head=dict(type='LinearClsHead', num_classes=1000,
-                      in_channels=stage_channels(arch)[3]))))
-    if form not in ('unfused', 'plain'):
+        return TensorMode(
+            MMPRETRAIN_MODELS.build(
+                dict(
+                    type='ImageClassifier',
+                    _scope_='mmpretrain',
+                    backbone=dict(type='MobileOne', arch=arch, out_indices=(3,)),
+                    neck=dict(type='GlobalAveragePooling'),
+                    head=dict(
+                        type='LinearClsHead', num_classes=1000, in_channels=stage_channels(arch)[3]
+                    ),
+                )
+            )
+        )
+    if form not in ('train-time', 'plain'):
         raise ValueError(f'unknown form {form!r}')
     cfg = Config.fromfile(our_config('cls', arch))
     cfg.model.backbone.deploy = form == 'plain'
     return TensorMode(build_model_from_config(cfg))
 
 
-TRAIN_MODELS = {'unfused': OUR_NAMES['cls'], 'plain': OUR_NAMES['cls'],
-                'mmpretrain': 'MobileOne (mmpretrain)', 'mobilenet_v2': BASELINE_NAMES['cls']}
+TRAIN_MODELS = {
+    'train-time': OUR_NAMES['cls'],
+    'plain': OUR_NAMES['cls'],
+    'mmpretrain': 'MobileOne (mmpretrain)',
+    'mobilenet_v2': BASELINE_NAMES['cls'],
+}
 
 
-def train_step(model: nn.Module, batch: int, size: int, device: str, amp: bool,
-               channels_last: bool) -> Callable[[], None]:
+def train_step(
+    model: nn.Module, batch: int, size: int, device: str, amp: bool, channels_last: bool
+) -> Callable[[], None]:
     """One SGD training step of ``model`` (moved to ``device``, train mode) on a fixed random
     batch; see the module docstring for AMP."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -215,7 +261,8 @@ def train_step(model: nn.Module, batch: int, size: int, device: str, amp: bool,
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=generator).to(
-        device, memory_format=memory_format)
+        device, memory_format=memory_format
+    )
     labels = torch.randint(0, 1000, (batch,), generator=generator).to(device)
     device_type = torch.device(device).type
     amp_dtype = torch.float16 if device_type == 'cuda' else torch.bfloat16
@@ -232,31 +279,53 @@ def train_step(model: nn.Module, batch: int, size: int, device: str, amp: bool,
         else:
             loss.backward()
             optimizer.step()
+
     return step
 
 
 def training_entries(settings: ThroughputSettings) -> List[Tuple[str, str]]:
     """(form, arch) of every network of the training table."""
     entries = [('mobilenet_v2', 'x1.0')]
-    entries += [('unfused', arch) for arch in settings.train_archs]
+    entries += [('train-time', arch) for arch in settings.train_archs]
     for arch in settings.reference_archs:
         entries += [('plain', arch), ('mmpretrain', arch)]
     return entries
 
 
-def measure_training(settings: ThroughputSettings, clock: Clock,
-                     log: Callable[[str], None] = print) -> List[ThroughputRow]:
+def measure_training(
+    settings: ThroughputSettings, clock: Clock, log: Callable[[str], None] = print
+) -> List[ThroughputRow]:
     rows = []
     for form, arch in training_entries(settings):
         log(f'  training {TRAIN_MODELS[form]} {arch} {form}')
         for batch, size in settings.train_settings:
             for amp in (False, True):
                 for channels_last in (False, True):
-                    row = ThroughputRow('training', TRAIN_MODELS[form], arch, form, batch, size,
-                                        'amp' if amp else 'float32', channels_last)
-                    rows.append(_measure(row, lambda: train_step(
-                        classifier_network(arch, form), batch, size, settings.device, amp,
-                        channels_last), settings, clock))
+                    row = ThroughputRow(
+                        'training',
+                        TRAIN_MODELS[form],
+                        arch,
+                        form,
+                        batch,
+                        size,
+                        'amp' if amp else 'float32',
+                        channels_last,
+                    )
+                    rows.append(
+                        _measure(
+                            row,
+                            lambda: train_step(
+                                classifier_network(arch, form),
+                                batch,
+                                size,
+                                settings.device,
+                                amp,
+                                channels_last,
+                            ),
+                            settings,
+                            clock,
+                        )
+                    )
     return rows
 
 
@@ -274,64 +343,8 @@ def run_throughput(settings: ThroughputSettings, log: Callable[[str], None] = pr
         rows += measure_training(settings, clock, log) if settings.train_settings else []
     finally:
         torch.backends.cudnn.benchmark = previous
-    return dict(settings={k: v for k, v in asdict(settings).items() if k != 'notes'},
-                notes=dict(timing=__doc__.split('\n\n', 1)[1].replace('\n', ' ')),
-                rows=[asdict(row) for row in rows])
-
-
-def format_throughput(rows: Sequence[dict]) -> str:
-    """The two tables as text: images/s per model and setting, and ratios to the baselines."""
-    lines = []
-    inference = [r for r in rows if r['kind'] == 'inference']
-    if inference:
-        columns = sorted({(r['dtype'], r['batch']) for r in inference},
-                         key=lambda c: (list(DTYPES).index(c[0]), c[1]))
-        header = f'{"inference, images/s":<36} {"variant":<7} {"form":<9} {"input":>5}' + ''.join(
-            f' {f"{d} b{b}":>15}' for d, b in columns)
-        lines += [header, '-' * len(header)]
-        keys = list(dict.fromkeys((r['model'], r['variant'], r['form'], r['size'])
-                                  for r in inference))
-        for key in keys:
-            cells = {(r['dtype'], r['batch']): r for r in inference
-                     if (r['model'], r['variant'], r['form'], r['size']) == key}
-            lines.append(f'{key[0]:<36} {key[1]:<7} {key[2]:<9} {key[3]:>5}' + ''.join(
-                f' {_cell(cells.get(c)):>15}' for c in columns))
-    training = [r for r in rows if r['kind'] == 'training']
-    if training:
-        columns = sorted({(r['batch'], r['size'], r['dtype'], r['channels_last'])
-                          for r in training}, key=lambda c: (c[1], c[2] == 'amp', c[3]))
-        names = [f'b{b}@{s} {d}{" CL" if cl else ""}' for b, s, d, cl in columns]
-        header = f'\n{"training, images/s":<36} {"variant":<7} {"form":<12}' + ''.join(
-            f' {n:>18}' for n in names)
-        lines += [header, '-' * len(header.strip())]
-        for key in dict.fromkeys((r['model'], r['variant'], r['form']) for r in training):
-            cells = {(r['batch'], r['size'], r['dtype'], r['channels_last']): r
-                     for r in training if (r['model'], r['variant'], r['form']) == key}
-            lines.append(f'{key[0]:<36} {key[1]:<7} {key[2]:<12}' + ''.join(
-                f' {_cell(cells.get(c)):>18}' for c in columns))
-        baseline = {c: r for c, r in ((c, next((r for r in training if r['form'] ==
-                                                'mobilenet_v2' and (r['batch'], r['size'],
-                                                r['dtype'], r['channels_last']) == c), None))
-                                      for c in columns)}
-        lines.append('\ntraining step time relative to MobileNetV2 (same column; > 1: slower)')
-        for key in dict.fromkeys((r['model'], r['variant'], r['form']) for r in training
-                                 if r['form'] != 'mobilenet_v2'):
-            cells = {(r['batch'], r['size'], r['dtype'], r['channels_last']): r
-                     for r in training if (r['model'], r['variant'], r['form']) == key}
-            lines.append(f'{key[0]:<36} {key[1]:<7} {key[2]:<12}' + ''.join(
-                f' {_ratio(baseline.get(c), cells.get(c)):>18}' for c in columns))
-    return '\n'.join(lines)
-
-
-def _cell(row: Optional[dict]) -> str:
-    if row is None:
-        return '-'
-    if row['images_per_s'] is None:
-        return 'skipped' if (row['error'] or '').startswith('skipped') else 'error'
-    return f'{row["images_per_s"]:.0f}'
-
-
-def _ratio(baseline: Optional[dict], row: Optional[dict]) -> str:
-    if not baseline or not row or not baseline['images_per_s'] or not row['images_per_s']:
-        return '-'
-    return f'{baseline["images_per_s"] / row["images_per_s"]:.2f}x'
+    return dict(
+        settings={k: v for k, v in asdict(settings).items() if k != 'notes'},
+        notes=dict(timing=__doc__.split('\n\n', 1)[1].replace('\n', ' ')),
+        rows=[asdict(row) for row in rows],
+    )

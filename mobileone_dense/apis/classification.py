@@ -10,8 +10,9 @@ Python on the loaded config, then train from the dumped file::
     from mobileone_dense.apis import set_imagenet_schedule
     cfg = Config.fromfile('configs/mobileone_s2_imagenet.py')
     set_imagenet_schedule(cfg, max_epochs=100)   # schedulers and curriculum epochs x 1/3
-    cfg.dump('mobileone_s2_imagenet_100e.py')    # python tools/train.py mobileone_s2_imagenet_100e.py
+    cfg.dump('mobileone_s2_imagenet_100e.py')    # then: python tools/train.py <that file>
 """
+
 import copy
 from typing import List, Optional, Sequence, Tuple
 
@@ -30,8 +31,10 @@ def _pipeline_at(template: Sequence[dict], size: int, strength: float) -> List[d
     pipeline = copy.deepcopy(list(template))
     crops = [t for t in pipeline if _type_is(t, 'RandomResizedCrop')]
     if len(crops) != 1:
-        raise ValueError('the training pipeline needs exactly one RandomResizedCrop, found '
-                         f'{len(crops)}: {[t.get("type") for t in pipeline]}')
+        raise ValueError(
+            'the training pipeline needs exactly one RandomResizedCrop, found '
+            f'{len(crops)}: {[t.get("type") for t in pipeline]}'
+        )
     crops[0]['scale'] = size
     for transform in pipeline:
         if _type_is(transform, 'ScaledAutoAugment'):
@@ -47,14 +50,19 @@ def _check_curriculum(curriculum: Sequence[Sequence], max_epochs: int) -> List[S
     stages = [(int(first), int(size), float(strength)) for first, size, strength in curriculum]
     firsts = [first for first, _, _ in stages]
     if not stages or firsts[0] != 0 or firsts != sorted(set(firsts)) or firsts[-1] >= max_epochs:
-        raise ValueError(f'the curriculum needs stages starting at epoch 0, at increasing epochs '
-                         f'below max_epochs={max_epochs}; got {stages}')
+        raise ValueError(
+            f'the curriculum needs stages starting at epoch 0, at increasing epochs '
+            f'below max_epochs={max_epochs}; got {stages}'
+        )
     return stages
 
 
-def set_imagenet_schedule(cfg: Config, max_epochs: Optional[int] = None,
-                          curriculum: Optional[Sequence[Sequence]] = None,
-                          eval_size: Optional[int] = None) -> Config:
+def set_imagenet_schedule(
+    cfg: Config,
+    max_epochs: Optional[int] = None,
+    curriculum: Optional[Sequence[Sequence]] = None,
+    eval_size: Optional[int] = None,
+) -> Config:
     """Change a classification config's length, curriculum or evaluation size, in place.
 
     Args:
@@ -87,8 +95,11 @@ def set_imagenet_schedule(cfg: Config, max_epochs: Optional[int] = None,
                     scheduler[key] = scale(scheduler[key])
             if scheduler.get('T_max') is not None:
                 # the base's cosine runs from its begin to its end: keep it so
-                scheduler['T_max'] = (scheduler.get('end', max_epochs) - scheduler.get('begin', 0)
-                                      if scheduler['T_max'] == span else scale(scheduler['T_max']))
+                scheduler['T_max'] = (
+                    scheduler.get('end', max_epochs) - scheduler.get('begin', 0)
+                    if scheduler['T_max'] == span
+                    else scale(scheduler['T_max'])
+                )
         cfg.train_cfg.max_epochs = max_epochs
         if curriculum is None and stages[0][1] is not None:
             curriculum = [(scale(first), size, strength) for first, size, strength in stages]
@@ -102,9 +113,10 @@ def set_imagenet_schedule(cfg: Config, max_epochs: Optional[int] = None,
         if hook is None and len(stages) > 1:
             raise ValueError('the config has no SwitchRecipeHook to switch the curriculum stages')
         if hook is not None:
-            hook.schedule = [dict(action_epoch=first + 1,
-                                  train_pipeline=_pipeline_at(template, size, strength))
-                             for first, size, strength in stages[1:]]
+            hook.schedule = [
+                dict(action_epoch=first + 1, train_pipeline=_pipeline_at(template, size, strength))
+                for first, size, strength in stages[1:]
+            ]
         cfg.curriculum = [tuple(stage) for stage in stages]
     if eval_size is not None:
         for loader in ('val_dataloader', 'test_dataloader'):

@@ -1,7 +1,10 @@
 """Point a COCO detection config at another COCO-format folder (paths only)."""
+
 import os.path as osp
 
 from mmengine.config import Config
+
+from ..datasets.wrappers import innermost_dataset
 
 
 def use_coco_folder(cfg: Config, data_root: str) -> Config:
@@ -11,12 +14,9 @@ def use_coco_folder(cfg: Config, data_root: str) -> Config:
     ``annotations/instances_{train,val}2017.json``.
     """
     data_root = osp.join(data_root, '')
-    splits = dict(train_dataloader='train2017', val_dataloader='val2017',
-                  test_dataloader='val2017')
+    splits = dict(train_dataloader='train2017', val_dataloader='val2017', test_dataloader='val2017')
     for loader, split in splits.items():
-        dataset = cfg[loader].dataset
-        while 'dataset' in dataset:  # wrappers such as RepeatDataset
-            dataset = dataset.dataset
+        dataset = innermost_dataset(cfg[loader].dataset)  # inside e.g. RepeatDataset
         dataset.data_root = data_root
         dataset.ann_file = f'annotations/instances_{split}.json'
         dataset.data_prefix = dict(img=f'{split}/')

@@ -1,4 +1,5 @@
-"""Inference helpers: read any image, build a fused model from a config + checkpoint."""
+"""Inference helpers: read any image, build a deploy model from a config + checkpoint."""
+
 import os.path as osp
 from typing import Optional, Union
 
@@ -8,7 +9,8 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from ..converters import load_checkpoint_file, load_weights_strictly, state_dict_of
-from ..engine.deploy import fuse_to_load
+from ..datasets.wrappers import innermost_dataset
+from ..engine.deploy import reparameterize_to_load
 from ..models.reparameterize import reparameterize
 from .model_building import build_model_from_config
 
@@ -25,14 +27,21 @@ def read_image(path: str) -> np.ndarray:
         raise FileNotFoundError(f'image {path!r} does not exist')
     image = mmcv.imread(path, flag='color')
     if image is None:
-        raise ValueError(f'{path!r} is not a readable image (OpenCV cannot decode it); give a '
-                         'JPEG, PNG, BMP, TIFF or WebP file')
+        raise ValueError(
+            f'{path!r} is not a readable image (OpenCV cannot decode it); give a '
+            'JPEG, PNG, BMP, TIFF or WebP file'
+        )
     return image
 
 
-def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
-               device: str = 'cpu', fuse: bool = True) -> nn.Module:
-    """Build the config's model, load ``checkpoint`` strictly (``weights_only``), fuse, eval.
+def init_model(
+    config: Union[str, Config],
+    checkpoint: Optional[str] = None,
+    device: str = 'cpu',
+    deploy: bool = True,
+) -> nn.Module:
+    """Build the config's model, load ``checkpoint`` strictly (``weights_only``), eval; with
+    ``deploy`` (default) re-parameterize it into its deploy form.
 
     Works for training checkpoints (EMA weights when present, as mmengine saves them) and for
     the deploy checkpoints of ``ReparameterizeHook``/``tools/reparameterize.py`` with their
@@ -43,7 +52,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     dataset_meta = None
     if checkpoint is not None:
         loaded = load_checkpoint_file(checkpoint, run_checkpoint=True)
-        fuse_to_load(model, loaded)  # deploy checkpoints: the neck/head BN are folded too
+        reparameterize_to_load(model, loaded)  # deploy checkpoints: the neck/head BN are folded too
         load_weights_strictly(model, state_dict_of(loaded), source=f'checkpoint {checkpoint!r}')
         dataset_meta = loaded.get('meta', {}).get('dataset_meta')
     if dataset_meta is None:
@@ -51,15 +60,14 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     model.cfg = cfg
     model.dataset_meta = dataset_meta
     model.to(device).eval()
-    return reparameterize(model) if fuse else model
+    return reparameterize(model) if deploy else model
 
 
 def _dataset_meta_from_config(cfg: Config) -> dict:
     """Class names of the config's test dataset (its ``metainfo`` or the dataset class's)."""
     from mmengine.registry import DATASETS
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:
-        dataset = dataset.dataset
+
+    dataset = innermost_dataset(cfg.test_dataloader.dataset)
     if dataset.get('metainfo'):
         return dict(dataset.metainfo)
     # in the config's scope: the root registry alone does not find e.g. mmseg's datasets

@@ -1,4 +1,6 @@
 """Build a model from any mobileone_dense config (detection, segmentation or classification)."""
+
+import copy
 from typing import Union
 
 import torch.distributed as dist
@@ -15,15 +17,16 @@ def build_model_from_config(cfg: Union[str, Config]) -> nn.Module:
 
     Outside a distributed job, SyncBN layers (mmseg's bases use them) become plain BN, as
     mmengine's Runner does for single-process runs: SyncBN cannot run without a process group.
-    The state dict keys are the same either way.
+    The state dict keys are the same either way. ``cfg`` is left as it was (mmdet's detectors
+    write ``train_cfg``/``test_cfg`` into the head config they are given: they get a copy).
     """
     if isinstance(cfg, str):
         cfg = Config.fromfile(cfg)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     try:
-        model = MODELS.build(cfg.model)
+        model = MODELS.build(copy.deepcopy(cfg.model))
     except KeyError as error:  # a type= typo: name it and the closest registered names
-        explained = explain_registry_error(error)
+        explained = explain_registry_error(error, cfg.model, cfg.get('default_scope'), 'model')
         if explained is None:
             raise
         raise explained from None

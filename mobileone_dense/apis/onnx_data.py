@@ -5,30 +5,20 @@ pipeline (so that calibration images are prepared exactly as the images the mode
 on) and the model's data preprocessor, giving the ``(inputs, data_samples)`` pairs that
 ``model.predict`` and the ONNX ``input`` take.
 """
+
 import copy
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DATASETS
 
+from ..datasets.wrappers import innermost_dataset, leaf_datasets
 from ..errors import MissingDataError
-from .onnx_metadata import innermost_dataset
 
 # test-pipeline steps whose size the second export check scales (see pipeline_at_scale)
 _SIZED_STEPS = ('Resize', 'ResizeEdge', 'CenterCrop')
-
-
-def _leaves(dataset_cfg: Any) -> Iterator[Any]:
-    """The innermost dataset configs (inside ``ConcatDataset`` and wrappers)."""
-    if 'datasets' in dataset_cfg:
-        for child in dataset_cfg['datasets']:
-            yield from _leaves(child)
-    elif 'dataset' in dataset_cfg:
-        yield from _leaves(dataset_cfg['dataset'])
-    else:
-        yield dataset_cfg
 
 
 def split_dataset(cfg: Any, split: str, pipeline: Optional[Sequence[dict]] = None) -> Any:
@@ -47,7 +37,7 @@ def split_dataset(cfg: Any, split: str, pipeline: Optional[Sequence[dict]] = Non
     if pipeline is None:
         pipeline = innermost_dataset(cfg.test_dataloader.dataset).pipeline
     dataset_cfg = copy.deepcopy(cfg[loader].dataset)
-    for leaf in _leaves(dataset_cfg):
+    for _, leaf in leaf_datasets(dataset_cfg):
         leaf.pipeline = copy.deepcopy(list(pipeline))
     with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
         try:
@@ -56,7 +46,8 @@ def split_dataset(cfg: Any, split: str, pipeline: Optional[Sequence[dict]] = Non
             raise MissingDataError(
                 f"cannot read the config's {split} split ({error}); put the data where "
                 f'{loader}.dataset says (data_root, ann_file, data_prefix) or point the config '
-                'at it') from error
+                'at it'
+            ) from error
 
 
 def pipeline_at_scale(pipeline: Sequence[dict], scale_h: float, scale_w: float) -> List[dict]:
@@ -67,25 +58,31 @@ def pipeline_at_scale(pipeline: Sequence[dict], scale_h: float, scale_w: float) 
     for step in copy.deepcopy(list(pipeline)):
         kind = str(step.get('type', '')).split('.')[-1]
         if kind == 'Resize' and step.get('scale') is not None:
-            w, h = step['scale'] if not isinstance(step['scale'], int) else (step['scale'], ) * 2
+            w, h = step['scale'] if not isinstance(step['scale'], int) else (step['scale'],) * 2
             if step.get('keep_ratio', False):
                 step['scale'] = (round(w * scale_h), round(h * scale_h))
             else:
-                step['scale'] = (max(8, round(w * scale_w / 8) * 8),
-                                 max(8, round(h * scale_h / 8) * 8))
+                step['scale'] = (
+                    max(8, round(w * scale_w / 8) * 8),
+                    max(8, round(h * scale_h / 8) * 8),
+                )
         elif kind == 'ResizeEdge':
             step['scale'] = round(step['scale'] * scale_h)
         elif kind == 'CenterCrop':
             size = step['crop_size']
-            step['crop_size'] = (round(size * scale_h) if isinstance(size, int) else
-                                 tuple(round(s * scale_h) for s in size))
+            step['crop_size'] = (
+                round(size * scale_h)
+                if isinstance(size, int)
+                else tuple(round(s * scale_h) for s in size)
+            )
         result.append(step)
     return result
 
 
 @torch.no_grad()
-def preprocessed_batches(model: nn.Module, dataset: Any, indices: Sequence[int],
-                         batch_size: int = 1) -> List[Tuple[torch.Tensor, list]]:
+def preprocessed_batches(
+    model: nn.Module, dataset: Any, indices: Sequence[int], batch_size: int = 1
+) -> List[Tuple[torch.Tensor, list]]:
     """``(inputs, data_samples)`` of ``dataset[i]`` for ``i`` in ``indices`` after the model's
     data preprocessor (test mode); consecutive samples of equal size share a batch of up to
     ``batch_size`` (no padding)."""
@@ -93,8 +90,11 @@ def preprocessed_batches(model: nn.Module, dataset: Any, indices: Sequence[int],
     for index in indices:
         sample = dataset[index]
         shape = tuple(sample['inputs'].shape)
-        if groups and len(groups[-1]) < batch_size and tuple(
-                groups[-1][0]['inputs'].shape) == shape:
+        if (
+            groups
+            and len(groups[-1]) < batch_size
+            and tuple(groups[-1][0]['inputs'].shape) == shape
+        ):
             groups[-1].append(sample)
         else:
             groups.append([sample])

@@ -23,6 +23,7 @@ original-image pixels, as ``predict(..., rescale=True)``). Outputs, per task:
 The export contract (the file's outputs equal PyTorch's ``predict`` on real images) is checked
 by :func:`mobileone_dense.apis.onnx_end2end_check.check_end2end`.
 """
+
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -32,12 +33,14 @@ import torch.nn as nn
 from torchvision.ops import nms as torchvision_nms
 
 from ..models.tasks import DEFAULT_INPUT_SIZE
-from .onnx_export import (DEFAULT_OPSET, _OnnxGraph, exportable_task, export_module,
-                          require_onnx)
+from .onnx_export import DEFAULT_OPSET, _OnnxGraph, export_module, exportable_task, require_onnx
 from .onnx_metadata import export_metadata
 
-END2END_OUTPUTS = dict(detection=['boxes', 'scores', 'labels', 'num_dets'],
-                       segmentation=['labels'], classification=['scores', 'labels'])
+END2END_OUTPUTS = dict(
+    detection=['boxes', 'scores', 'labels', 'num_dets'],
+    segmentation=['labels'],
+    classification=['scores', 'labels'],
+)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -50,8 +53,9 @@ class _NonMaxSuppression(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
-                score_threshold: float) -> torch.Tensor:
+    def forward(
+        ctx, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, score_threshold: float
+    ) -> torch.Tensor:
         iou = float(np.float32(iou_threshold))  # ONNX takes it as float32
         rows = [boxes.new_zeros((0, 3), dtype=torch.long)]
         for image in range(boxes.shape[0]):
@@ -60,10 +64,12 @@ class _NonMaxSuppression(torch.autograd.Function):
             # equal scores: lower index first, as onnxruntime orders them
             order = image_scores[candidates].sort(descending=True, stable=True).indices
             candidates = candidates[order]
-            keep = candidates[torchvision_nms(boxes[image, candidates],
-                                              image_scores[candidates], iou)]
-            rows.append(torch.stack([torch.full_like(keep, image), torch.zeros_like(keep),
-                                     keep], dim=1))
+            keep = candidates[
+                torchvision_nms(boxes[image, candidates], image_scores[candidates], iou)
+            ]
+            rows.append(
+                torch.stack([torch.full_like(keep, image), torch.zeros_like(keep), keep], dim=1)
+            )
         return torch.cat(rows)
 
     @staticmethod
@@ -71,8 +77,9 @@ class _NonMaxSuppression(torch.autograd.Function):
         max_boxes = g.op('Constant', value_t=torch.tensor([2**31 - 1], dtype=torch.long))
         iou = g.op('Constant', value_t=torch.tensor([iou_threshold], dtype=torch.float))
         threshold = g.op('Constant', value_t=torch.tensor([score_threshold], dtype=torch.float))
-        return g.op('NonMaxSuppression', boxes, scores, max_boxes, iou, threshold,
-                    center_point_box_i=0)
+        return g.op(
+            'NonMaxSuppression', boxes, scores, max_boxes, iou, threshold, center_point_box_i=0
+        )
 
 
 def _size(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -81,7 +88,8 @@ def _size(tensor: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class DetectionEnd2End(nn.Module):
-    """A fused mmdet anchor-based dense detector (SSD) plus its whole ``predict`` post-processing.
+    """A deploy-form mmdet anchor-based dense detector (SSD) plus its whole ``predict``
+    post-processing.
 
     ``forward(input (N, 3, H, W), scale_factor (N, 2))`` -> ``boxes, scores, labels, num_dets``
     (see the module doc). Supports heads with mmdet's ``AnchorGenerator`` family and
@@ -95,17 +103,23 @@ class DetectionEnd2End(nn.Module):
         cfg = head.test_cfg
         coder = head.bbox_coder
         if type(coder).__name__ != 'DeltaXYWHBBoxCoder':
-            raise TypeError(f'end-to-end export decodes DeltaXYWHBBoxCoder boxes; this head uses '
-                            f'{type(coder).__name__}: export without --end2end and post-process '
-                            'with mobileone_dense.apis.ssd_postprocess')
+            raise TypeError(
+                f'end-to-end export decodes DeltaXYWHBBoxCoder boxes; this head uses '
+                f'{type(coder).__name__}: export without --end2end and post-process '
+                'with mobileone_dense.apis.ssd_postprocess'
+            )
         nms_cfg = dict(cfg.get('nms') or {})
         if nms_cfg.get('type', 'nms') != 'nms' or {'score_threshold', 'max_num'} & set(nms_cfg):
-            raise ValueError(f'test_cfg.nms={nms_cfg}: end-to-end export implements plain '
-                             "NMS (type='nms' with iou_threshold, optional class_agnostic)")
+            raise ValueError(
+                f'test_cfg.nms={nms_cfg}: end-to-end export implements plain '
+                "NMS (type='nms' with iou_threshold, optional class_agnostic)"
+            )
         self.max_per_img = int(cfg.get('max_per_img', 100))
         if self.max_per_img <= 0:
-            raise ValueError(f'test_cfg.max_per_img={self.max_per_img}: set a positive number '
-                             'of detections per image for the padded (N, K) outputs')
+            raise ValueError(
+                f'test_cfg.max_per_img={self.max_per_img}: set a positive number '
+                'of detections per image for the padded (N, K) outputs'
+            )
         self.nms_pre = int(cfg.get('nms_pre', -1))
         self.score_thr = float(cfg.get('score_thr', 0.0))
         self.min_bbox_size = float(cfg.get('min_bbox_size', -1))
@@ -115,18 +129,23 @@ class DetectionEnd2End(nn.Module):
     def forward(self, x: torch.Tensor, scale_factor: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         head = self.model.bbox_head
         cls_scores, bbox_preds = self.model(x, mode='tensor')
-        priors = head.prior_generator.grid_priors([c.shape[-2:] for c in cls_scores],
-                                                  dtype=x.dtype, device=x.device)
+        priors = head.prior_generator.grid_priors(
+            [c.shape[-2:] for c in cls_scores], dtype=x.dtype, device=x.device
+        )
         num, classes = x.shape[0], head.num_classes
         scores, labels, deltas, anchors = [], [], [], []
         for cls_score, bbox_pred, level_priors in zip(cls_scores, bbox_preds, priors):
             logits = cls_score.permute(0, 2, 3, 1).reshape(num, -1, head.cls_out_channels)
-            level = (logits.sigmoid() if head.use_sigmoid_cls
-                     else logits.softmax(-1)[..., :classes]).reshape(num, -1)
+            level = (
+                logits.sigmoid() if head.use_sigmoid_cls else logits.softmax(-1)[..., :classes]
+            ).reshape(num, -1)
             # mmdet: the nms_pre best (anchor, class) pairs above score_thr, per level; taking
             # the best first and thresholding afterwards selects the same pairs
-            k = _size(level, 1) if self.nms_pre <= 0 else torch.clamp(_size(level, 1),
-                                                                        max=self.nms_pre)
+            k = (
+                _size(level, 1)
+                if self.nms_pre <= 0
+                else torch.clamp(_size(level, 1), max=self.nms_pre)
+            )
             top, index = level.topk(k, dim=1)
             anchor = torch.div(index, classes, rounding_mode='floor')
             scores.append(top)
@@ -140,8 +159,11 @@ class DetectionEnd2End(nn.Module):
         boxes = boxes * scale_factor.reciprocal().repeat(1, 2).unsqueeze(1)
         valid = scores > self.score_thr
         if self.min_bbox_size >= 0:
-            valid = valid & (boxes[..., 2] - boxes[..., 0] > self.min_bbox_size) & (
-                boxes[..., 3] - boxes[..., 1] > self.min_bbox_size)
+            valid = (
+                valid
+                & (boxes[..., 2] - boxes[..., 0] > self.min_bbox_size)
+                & (boxes[..., 3] - boxes[..., 1] > self.min_bbox_size)
+            )
         nms_boxes = boxes
         if not self.class_agnostic:  # mmcv's batched_nms: classes shifted apart
             masked = torch.where(valid.unsqueeze(-1), boxes, torch.full_like(boxes, -math.inf))
@@ -149,12 +171,12 @@ class DetectionEnd2End(nn.Module):
             offsets = labels.to(boxes.dtype) * (max_coordinate.unsqueeze(1) + 1)
             nms_boxes = boxes + offsets.unsqueeze(-1)
         nms_scores = torch.where(valid, scores, torch.full_like(scores, self.score_thr - 1))
-        selected = _NonMaxSuppression.apply(nms_boxes, nms_scores.unsqueeze(1),
-                                            self.iou_threshold, self.score_thr)
+        selected = _NonMaxSuppression.apply(
+            nms_boxes, nms_scores.unsqueeze(1), self.iou_threshold, self.score_thr
+        )
         return self._best_kept(boxes, scores, labels, selected)
 
-    def _decode(self, anchors: torch.Tensor, deltas: torch.Tensor,
-                x: torch.Tensor) -> torch.Tensor:
+    def _decode(self, anchors: torch.Tensor, deltas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """mmdet's ``delta2bbox`` on ``(N, M, 4)`` anchors and deltas, clipped to the input.
 
         Written out rather than called: mmdet 3.3.0's ``delta2bbox`` clips in place to Python
@@ -182,13 +204,22 @@ class DetectionEnd2End(nn.Module):
             boxes = torch.minimum(boxes.clamp(min=0), limits)
         return boxes
 
-    def _best_kept(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                   selected: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _best_kept(
+        self,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        selected: torch.Tensor,
+    ) -> Tuple[torch.Tensor, ...]:
         """The ``max_per_img`` highest-scoring selected boxes per image, padded to ``K``."""
         k = self.max_per_img
         flat = selected[:, 0] * _size(scores, 1) + selected[:, 2]
-        kept = torch.full_like(scores, -1.0).reshape(-1).scatter(
-            0, flat, scores.reshape(-1).gather(0, flat)).reshape(scores.shape)
+        kept = (
+            torch.full_like(scores, -1.0)
+            .reshape(-1)
+            .scatter(0, flat, scores.reshape(-1).gather(0, flat))
+            .reshape(scores.shape)
+        )
         # k padding candidates (score -1) so that top-k exists however few boxes there are
         kept = torch.cat([kept, torch.full_like(kept[:, :1], -1.0).expand(-1, k)], 1)
         boxes = torch.cat([boxes, torch.zeros_like(boxes[:, :1]).expand(-1, k, -1)], 1)
@@ -198,8 +229,7 @@ class DetectionEnd2End(nn.Module):
         boxes = torch.gather(boxes, 1, index.unsqueeze(-1).expand(-1, -1, 4))
         boxes = boxes * found.unsqueeze(-1).to(boxes.dtype)
         labels = torch.where(found, torch.gather(labels, 1, index), torch.full_like(index, -1))
-        return (boxes, torch.where(found, top, torch.zeros_like(top)), labels,
-                found.sum(1))
+        return (boxes, torch.where(found, top, torch.zeros_like(top)), labels, found.sum(1))
 
 
 class SegmentationEnd2End(nn.Module):
@@ -211,7 +241,7 @@ class SegmentationEnd2End(nn.Module):
         self.logits = _OnnxGraph(model, 'segmentation')
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
-        return (self.logits(x)[0].argmax(1), )
+        return (self.logits(x)[0].argmax(1),)
 
 
 class ClassificationEnd2End(nn.Module):
@@ -229,7 +259,7 @@ class ClassificationEnd2End(nn.Module):
 
 
 def end2end_graph(model: nn.Module, topk: int = 5) -> nn.Module:
-    """The end-to-end module (eval mode) of a fused, eval-mode ``model``."""
+    """The end-to-end module (eval mode) of a deploy-form, eval-mode ``model``."""
     task = exportable_task(model)
     if task == 'detection':
         graph = DetectionEnd2End(model)
@@ -244,23 +274,35 @@ def _descriptions(graph: nn.Module, task: str) -> Tuple[Dict[str, str], Dict[str
     """(inputs, outputs): name -> shape and meaning, for the metadata."""
     inputs = {'input': 'float32 (N, 3, H, W): the preprocessed image batch'}
     if task == 'detection':
-        inputs['scale_factor'] = ('float32 (N, 2): (w_scale, h_scale) = input width / original '
-                                  'width, input height / original height')
+        inputs['scale_factor'] = (
+            'float32 (N, 2): (w_scale, h_scale) = input width / original '
+            'width, input height / original height'
+        )
         k = graph.max_per_img
         return inputs, {
             'boxes': f'float32 (N, {k}, 4): x1, y1, x2, y2 in original-image pixels',
             'scores': f'float32 (N, {k}): detection scores, highest first',
             'labels': f'int64 (N, {k}): class indices, -1 for padding',
-            'num_dets': 'int64 (N,): detections per image (the first rows; the rest is padding)'}
+            'num_dets': 'int64 (N,): detections per image (the first rows; the rest is padding)',
+        }
     if task == 'segmentation':
         return inputs, {'labels': 'int64 (N, H, W): class index per pixel at the input size'}
-    return inputs, {'scores': f'float32 (N, {graph.topk}): softmax probabilities, highest first',
-                    'labels': f'int64 (N, {graph.topk}): class indices'}
+    return inputs, {
+        'scores': f'float32 (N, {graph.topk}): softmax probabilities, highest first',
+        'labels': f'int64 (N, {graph.topk}): class indices',
+    }
 
 
-def export_end2end(model: nn.Module, path: str, input_shape: Optional[Sequence[int]] = None,
-                   dynamic: bool = True, opset: int = DEFAULT_OPSET, topk: int = 5) -> List[str]:
-    """Write the end-to-end graph of ``model`` (fused, eval) to ``path``; returns output names.
+def export_end2end(
+    model: nn.Module,
+    path: str,
+    input_shape: Optional[Sequence[int]] = None,
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+    topk: int = 5,
+) -> List[str]:
+    """Write the end-to-end graph of ``model`` (deploy form, eval) to ``path``; returns output
+    names.
 
     ``input_shape``: ``(N, 3, H, W)`` of the tracing input (default ``(1, 3)`` + the task's
     ``DEFAULT_INPUT_SIZE``); ``dynamic``: batch, height and width as dynamic axes; ``topk``:
@@ -274,12 +316,11 @@ def export_end2end(model: nn.Module, path: str, input_shape: Optional[Sequence[i
     if input_shape is None:
         input_shape = (1, 3) + DEFAULT_INPUT_SIZE[task]
     parameter = next(model.parameters())
-    dummies = (torch.randn(*input_shape, dtype=parameter.dtype, device=parameter.device), )
+    dummies = (torch.randn(*input_shape, dtype=parameter.dtype, device=parameter.device),)
     input_names = ['input']
     if task == 'detection':
         input_names.append('scale_factor')
-        dummies += (torch.ones(input_shape[0], 2, dtype=parameter.dtype,
-                               device=parameter.device), )
+        dummies += (torch.ones(input_shape[0], 2, dtype=parameter.dtype, device=parameter.device),)
     names = END2END_OUTPUTS[task]
     dynamic_axes = None
     if dynamic:

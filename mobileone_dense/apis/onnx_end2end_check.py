@@ -6,6 +6,7 @@ within ``box_tol`` pixels, score within ``score_tol``; a detection on one side o
 when its score is within ``score_tol`` of the score cut, where the scores cannot decide), label
 maps and top-k must be equal except where PyTorch's own logits tie within ``tie_tol``.
 """
+
 import copy
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,17 +18,24 @@ from ..errors import OnnxParityError
 from .onnx_export import exportable_task, onnx_session
 
 
-def match_detections(want: Dict[str, np.ndarray], have: Dict[str, np.ndarray],
-                     box_tol: float = 1e-3, score_tol: float = 1e-5) -> List[Tuple[int, int]]:
+def match_detections(
+    want: Dict[str, np.ndarray],
+    have: Dict[str, np.ndarray],
+    box_tol: float = 1e-3,
+    score_tol: float = 1e-5,
+) -> List[Tuple[int, int]]:
     """Pairs ``(i, j)``: detection ``i`` of ``want`` and its partner ``j`` in ``have``, one to
     one: same label, score within ``score_tol``, every coordinate within ``box_tol`` (dicts of
     ``boxes`` (K, 4), ``scores`` (K,), ``labels`` (K,) arrays)."""
     free = np.ones(len(have['scores']), bool)
     pairs = []
-    for i, (box, score, label) in enumerate(zip(want['boxes'], want['scores'],
-                                                want['labels'])):
-        ok = (free & (have['labels'] == label) & (np.abs(have['scores'] - score) <= score_tol)
-              & (np.abs(have['boxes'] - box).max(1, initial=0) <= box_tol))
+    for i, (box, score, label) in enumerate(zip(want['boxes'], want['scores'], want['labels'])):
+        ok = (
+            free
+            & (have['labels'] == label)
+            & (np.abs(have['scores'] - score) <= score_tol)
+            & (np.abs(have['boxes'] - box).max(1, initial=0) <= box_tol)
+        )
         if ok.any():
             j = int(np.flatnonzero(ok)[0])
             free[j] = False
@@ -35,8 +43,7 @@ def match_detections(want: Dict[str, np.ndarray], have: Dict[str, np.ndarray],
     return pairs
 
 
-def _tied(values: np.ndarray, expected: np.ndarray, got: np.ndarray,
-          tie_tol: float) -> np.ndarray:
+def _tied(values: np.ndarray, expected: np.ndarray, got: np.ndarray, tie_tol: float) -> np.ndarray:
     """Where ``got`` equals ``expected`` (class indices along axis 1 of ``values``) or differs
     only between classes whose ``values`` differ by at most ``tie_tol`` x the largest magnitude
     (a choice decided by rounding). ``expected`` / ``got``: ``values``' shape without axis 1
@@ -49,13 +56,19 @@ def _tied(values: np.ndarray, expected: np.ndarray, got: np.ndarray,
 
 
 @torch.no_grad()
-def check_end2end(model: nn.Module, path: str, batches: Sequence[Tuple[torch.Tensor, list]],
-                  num_threads: Optional[int] = None, box_tol: float = 1e-3,
-                  score_tol: float = 1e-5, tie_tol: float = 1e-5) -> Dict[str, Any]:
+def check_end2end(
+    model: nn.Module,
+    path: str,
+    batches: Sequence[Tuple[torch.Tensor, list]],
+    num_threads: Optional[int] = None,
+    box_tol: float = 1e-3,
+    score_tol: float = 1e-5,
+    tie_tol: float = 1e-5,
+) -> Dict[str, Any]:
     """Compare the end-to-end file with PyTorch's ``predict`` on ``batches``; raise if they differ.
 
     Args:
-        model: the fused eval-mode model the file was exported from.
+        model: the deploy-form eval-mode model the file was exported from.
         path: the ONNX file.
         batches: ``(inputs (N, 3, H, W), data_samples)`` pairs as the model's data preprocessor
             returns them (detection: ``scale_factor`` and ``ori_shape`` in the metainfo).
@@ -73,14 +86,14 @@ def check_end2end(model: nn.Module, path: str, batches: Sequence[Tuple[torch.Ten
     """
     task = exportable_task(model)
     session = onnx_session(path, num_threads)
-    report = dict(images=0, detections=0, at_cut=0, max_box_diff=0.0, max_score_diff=0.0,
-                  sizes=[])
+    report = dict(images=0, detections=0, at_cut=0, max_box_diff=0.0, max_score_diff=0.0, sizes=[])
     for inputs, samples in batches:
         feed = {'input': inputs.cpu().float().numpy()}
         report['sizes'].append(tuple(inputs.shape[2:]))
         if task == 'detection':
-            feed['scale_factor'] = np.array([s.metainfo['scale_factor'] for s in samples],
-                                            np.float32)
+            feed['scale_factor'] = np.array(
+                [s.metainfo['scale_factor'] for s in samples], np.float32
+            )
         outputs = session.run(None, feed)
         if task == 'detection':
             _check_detections(model, inputs, samples, outputs, report, box_tol, score_tol)
@@ -88,18 +101,22 @@ def check_end2end(model: nn.Module, path: str, batches: Sequence[Tuple[torch.Ten
             logits = reference_logits(model, inputs)
             ok = _tied(logits, logits.argmax(1), outputs[0], tie_tol)
             if not ok.all():
-                raise OnnxParityError(f'label map differs from PyTorch at {int((~ok).sum())} '
-                                      f'pixels of input {tuple(inputs.shape)} (not ties)')
+                raise OnnxParityError(
+                    f'label map differs from PyTorch at {int((~ok).sum())} '
+                    f'pixels of input {tuple(inputs.shape)} (not ties)'
+                )
         else:
             probs = model(inputs, mode='tensor').softmax(1).cpu().numpy()
-            expected = np.argsort(-probs, 1, kind='stable')[:, :outputs[1].shape[1]]
+            expected = np.argsort(-probs, 1, kind='stable')[:, : outputs[1].shape[1]]
             ok = _tied(probs, expected, outputs[1], tie_tol)
             score_diff = np.abs(np.take_along_axis(probs, outputs[1], 1) - outputs[0]).max()
             report['max_score_diff'] = max(report['max_score_diff'], float(score_diff))
             if not ok.all() or score_diff > score_tol:
-                raise OnnxParityError(f'top-k differs from PyTorch for input '
-                                      f'{tuple(inputs.shape)}: labels ok {ok.all()}, largest '
-                                      f'score difference {score_diff:.2e}')
+                raise OnnxParityError(
+                    f'top-k differs from PyTorch for input '
+                    f'{tuple(inputs.shape)}: labels ok {ok.all()}, largest '
+                    f'score difference {score_diff:.2e}'
+                )
         report['images'] += inputs.shape[0]
     return report
 
@@ -111,14 +128,23 @@ def reference_logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
     return model.encode_decode(inputs, metas).cpu().numpy()
 
 
-def _check_detections(model: nn.Module, inputs: torch.Tensor, samples: list, outputs: list,
-                      report: dict, box_tol: float, score_tol: float) -> None:
+def _check_detections(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    samples: list,
+    outputs: list,
+    report: dict,
+    box_tol: float,
+    score_tol: float,
+) -> None:
     expected = model.predict(inputs, copy.deepcopy(samples), rescale=True)
     head_cfg = model.bbox_head.test_cfg
     boxes, scores, labels, counts = outputs
     for i, sample in enumerate(expected):
-        want = {k: getattr(sample.pred_instances, name).cpu().numpy() for k, name in
-                (('boxes', 'bboxes'), ('scores', 'scores'), ('labels', 'labels'))}
+        want = {
+            k: getattr(sample.pred_instances, name).cpu().numpy()
+            for k, name in (('boxes', 'bboxes'), ('scores', 'scores'), ('labels', 'labels'))
+        }
         n = int(counts[i])
         have = dict(boxes=boxes[i, :n], scores=scores[i, :n], labels=labels[i, :n])
         pairs = match_detections(want, have, box_tol, score_tol)
@@ -128,8 +154,12 @@ def _check_detections(model: nn.Module, inputs: torch.Tensor, samples: list, out
         cut = float(head_cfg.get('score_thr', 0.0))
         if len(want['scores']) >= head_cfg.get('max_per_img', np.inf) and n:
             cut = max(cut, float(want['scores'].min()))
-        unmatched = np.concatenate([np.delete(want['scores'], [a for a, _ in pairs]),
-                                    np.delete(have['scores'], [b for _, b in pairs])])
+        unmatched = np.concatenate(
+            [
+                np.delete(want['scores'], [a for a, _ in pairs]),
+                np.delete(have['scores'], [b for _, b in pairs]),
+            ]
+        )
         where = sample.metainfo.get('img_path', f'image {report["images"] + i}')
         if (np.abs(unmatched - cut) > score_tol).any():
             raise OnnxParityError(
@@ -137,11 +167,14 @@ def _check_detections(model: nn.Module, inputs: torch.Tensor, samples: list, out
                 f'{len(want["scores"])} detections, the ONNX graph {n}, {len(pairs)} of them equal '
                 f'(label, box within {box_tol:g} px, score within {score_tol:g}); unmatched '
                 f'scores {np.sort(unmatched)[::-1][:5].round(6).tolist()} are not at the '
-                f'score cut {cut:.6f}')
+                f'score cut {cut:.6f}'
+            )
         report['at_cut'] += len(unmatched)
         report['detections'] += n
         for a, b in pairs:
-            report['max_box_diff'] = max(report['max_box_diff'], float(np.abs(
-                want['boxes'][a] - have['boxes'][b]).max()))
-            report['max_score_diff'] = max(report['max_score_diff'], float(abs(
-                want['scores'][a] - have['scores'][b])))
+            report['max_box_diff'] = max(
+                report['max_box_diff'], float(np.abs(want['boxes'][a] - have['boxes'][b]).max())
+            )
+            report['max_score_diff'] = max(
+                report['max_score_diff'], float(abs(want['scores'][a] - have['scores'][b]))
+            )

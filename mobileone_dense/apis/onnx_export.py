@@ -1,4 +1,4 @@
-"""Export fused models of every task to ONNX and check onnxruntime against PyTorch.
+"""Export deploy models of every task to ONNX and check onnxruntime against PyTorch.
 
 What the ONNX graph computes, per task (input ``input``: float32 ``(N, 3, H, W)``, the image
 *after* the model's ``data_preprocessor``, i.e. resized as the config's test pipeline, channels
@@ -19,6 +19,7 @@ Batch, height and width are dynamic axes by default. Every file carries the meta
 without the config needs (``onnx_metadata``); ``onnx_end2end`` exports the whole prediction
 (detections after NMS, label maps, top-k) instead of the raw outputs.
 """
+
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -29,10 +30,12 @@ import torch.nn.functional as F
 from ..engine.deploy import max_relative_difference, write_atomically
 from ..errors import OnnxParityError  # noqa: F401 (re-exported: raised here)
 from ..models.tasks import DEFAULT_INPUT_SIZE, model_task
-from .onnx_metadata import (export_metadata, output_descriptions,  # noqa: F401 (re-exported)
-                            preprocessing_info)
+from .onnx_metadata import (
+    export_metadata,
+    output_descriptions,  # noqa: F401 (re-exported)
+)
 
-INSTALL_HINT = ('pip install .[deploy]  (or: pip install onnx onnxruntime onnxscript)')
+INSTALL_HINT = 'pip install .[deploy]  (or: pip install onnx onnxruntime onnxscript)'
 DEFAULT_OPSET = 17
 
 
@@ -45,8 +48,9 @@ def require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImportError(f'ONNX export needs {" and ".join(missing)}, which is not installed: '
-                          f'{INSTALL_HINT}')
+        raise ImportError(
+            f'ONNX export needs {" and ".join(missing)}, which is not installed: {INSTALL_HINT}'
+        )
 
 
 def exportable_task(model: nn.Module) -> str:
@@ -56,15 +60,20 @@ def exportable_task(model: nn.Module) -> str:
     from mmdet.models.detectors import SingleStageDetector
     from mmpretrain.models.classifiers import ImageClassifier
     from mmseg.models.segmentors import EncoderDecoder
+
     if not isinstance(model, (ImageClassifier, SingleStageDetector, EncoderDecoder)):
-        raise TypeError(f'cannot export a {type(model).__name__}: supported are mmpretrain '
-                        'ImageClassifier, mmdet single-stage detectors (e.g. SSD) and mmseg '
-                        'EncoderDecoder models')
+        raise TypeError(
+            f'cannot export a {type(model).__name__}: supported are mmpretrain '
+            'ImageClassifier, mmdet single-stage detectors (e.g. SSD) and mmseg '
+            'EncoderDecoder models'
+        )
     task = model_task(model)
     mode = (getattr(model, 'test_cfg', None) or {}).get('mode', 'whole')
     if task == 'segmentation' and mode != 'whole':
-        raise ValueError(f"the segmentor's test_cfg.mode is {mode!r}; ONNX export covers "
-                         "whole-image inference: set model.test_cfg.mode='whole'")
+        raise ValueError(
+            f"the segmentor's test_cfg.mode is {mode!r}; ONNX export covers "
+            "whole-image inference: set model.test_cfg.mode='whole'"
+        )
     return task
 
 
@@ -78,7 +87,7 @@ class _OnnxGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple:
         if self.task == 'classification':
-            return (self.model(x, mode='tensor'), )
+            return (self.model(x, mode='tensor'),)
         if self.task == 'detection':
             cls_scores, bbox_preds = self.model(x, mode='tensor')
             return tuple(cls_scores) + tuple(bbox_preds)
@@ -86,8 +95,11 @@ class _OnnxGraph(nn.Module):
         # resize), written out so that the size is the traced input's, not a constant from metas
         head = self.model.decode_head
         logits = head.forward(self.model.extract_feat(x))
-        return (F.interpolate(logits, size=x.shape[2:], mode='bilinear',
-                              align_corners=head.align_corners), )
+        return (
+            F.interpolate(
+                logits, size=x.shape[2:], mode='bilinear', align_corners=head.align_corners
+            ),
+        )
 
 
 def output_names(model: nn.Module) -> List[str]:
@@ -112,9 +124,14 @@ def reference_outputs(model: nn.Module, inputs: torch.Tensor) -> List[torch.Tens
     return list(_OnnxGraph(model, task).eval()(inputs))
 
 
-def export_onnx(model: nn.Module, path: str, input_shape: Optional[Sequence[int]] = None,
-                dynamic: bool = True, opset: int = DEFAULT_OPSET) -> List[str]:
-    """Write ``model`` (fused, eval, as ``init_model`` returns it) to ``path`` as ONNX.
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    input_shape: Optional[Sequence[int]] = None,
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> List[str]:
+    """Write ``model`` (deploy form, eval, as ``init_model`` returns it) to ``path`` as ONNX.
 
     Args:
         model: an mmpretrain ImageClassifier, mmdet single-stage detector or mmseg
@@ -152,21 +169,36 @@ def export_onnx(model: nn.Module, path: str, input_shape: Optional[Sequence[int]
     # The graph wrapper must be put in eval mode itself: torch 2.14's legacy exporter does not
     # switch a module that is still in training mode (a fresh wrapper is) to eval, which would
     # export BN layers in training mode.
-    export_module(_OnnxGraph(model, task).eval(), (dummy, ), path, ['input'], names,
-                  dynamic_axes, opset, metadata=export_metadata(
-                      model, task, 'raw', output_descriptions(names, task)))
+    export_module(
+        _OnnxGraph(model, task).eval(),
+        (dummy,),
+        path,
+        ['input'],
+        names,
+        dynamic_axes,
+        opset,
+        metadata=export_metadata(model, task, 'raw', output_descriptions(names, task)),
+    )
     return names
 
 
-def export_module(graph: nn.Module, dummies: tuple, path: str, input_names: Sequence[str],
-                  output_names: Sequence[str], dynamic_axes: Optional[dict], opset: int,
-                  metadata: Optional[Dict[str, str]] = None) -> None:
+def export_module(
+    graph: nn.Module,
+    dummies: tuple,
+    path: str,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Optional[dict],
+    opset: int,
+    metadata: Optional[Dict[str, str]] = None,
+) -> None:
     """Trace ``graph`` (eval mode) on ``dummies`` and write it to ``path`` as ONNX, atomically.
 
     Static output sizes are written into the graph (see :func:`_set_static_dims`) and
     ``metadata`` into its ``metadata_props``; the file is written by
     :func:`~mobileone_dense.engine.deploy.write_atomically`.
     """
+
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             # MobileOne's input-channel check is a Python bool under tracing: constant by
@@ -180,17 +212,30 @@ def export_module(graph: nn.Module, dummies: tuple, path: str, input_names: Sequ
             # traces exactly with dynamic_axes, much faster than the dynamo exporter
             # (torch.export + onnxscript optimizer), which also needs explicit ranges for every
             # dynamic dimension. Both give the same outputs; the parity check guards either way.
-            torch.onnx.export(graph, tuple(dummies), tmp, dynamo=False,
-                              input_names=list(input_names), output_names=list(output_names),
-                              dynamic_axes=dynamic_axes, opset_version=opset,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                graph,
+                tuple(dummies),
+                tmp,
+                dynamo=False,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
             shapes = [o.shape for o in graph(*dummies)]
         _set_static_dims(tmp, shapes, dynamic_axes or {}, output_names, metadata or {})
+
     write_atomically(path, write, '.tmp')
 
 
-def _set_static_dims(path: str, shapes: Sequence[torch.Size], dynamic_axes: dict,
-                     names: Sequence[str], metadata: Dict[str, str]) -> None:
+def _set_static_dims(
+    path: str,
+    shapes: Sequence[torch.Size],
+    dynamic_axes: dict,
+    names: Sequence[str],
+    metadata: Dict[str, str],
+) -> None:
     """Write the static sizes of the outputs into the graph (e.g. the classes of seg_logits),
     and ``metadata`` into the model's ``metadata_props``.
 
@@ -198,6 +243,7 @@ def _set_static_dims(path: str, shapes: Sequence[torch.Size], dynamic_axes: dict
     at run time (mmseg's Resize to the input size), even where it is a constant.
     """
     import onnx
+
     proto = onnx.load(path)
     outputs = {o.name: o for o in proto.graph.output}
     for name, shape in zip(names, shapes):
@@ -222,6 +268,7 @@ def onnx_session(path: str, num_threads: Optional[int] = None, spin: bool = True
     """
     require_onnx()
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     if num_threads:
         options.intra_op_num_threads = num_threads
@@ -230,9 +277,12 @@ def onnx_session(path: str, num_threads: Optional[int] = None, spin: bool = True
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-def check_onnx_parity(model: nn.Module, path: str,
-                      inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
-                      num_threads: Optional[int] = None) -> float:
+def check_onnx_parity(
+    model: nn.Module,
+    path: str,
+    inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+    num_threads: Optional[int] = None,
+) -> float:
     """Largest relative difference between onnxruntime (CPU) and PyTorch on ``inputs``.
 
     ``inputs``: one ``(N, 3, H, W)`` batch or several (e.g. two sizes, for dynamic axes). Per
@@ -248,16 +298,23 @@ def check_onnx_parity(model: nn.Module, path: str,
             raise OnnxParityError(f'the ONNX model has {len(got)} outputs, PyTorch {len(expected)}')
         for name, a, b in zip(output_names(model), got, expected):
             if tuple(a.shape) != tuple(b.shape):
-                raise OnnxParityError(f'output {name!r}: onnxruntime shape {tuple(a.shape)} != '
-                                      f'PyTorch {tuple(b.shape)} for input {tuple(batch.shape)}')
-        errors.append(max_relative_difference([torch.from_numpy(a) for a in got],
-                                              [b.cpu() for b in expected]))
+                raise OnnxParityError(
+                    f'output {name!r}: onnxruntime shape {tuple(a.shape)} != '
+                    f'PyTorch {tuple(b.shape)} for input {tuple(batch.shape)}'
+                )
+        errors.append(
+            max_relative_difference([torch.from_numpy(a) for a in got], [b.cpu() for b in expected])
+        )
     return max(errors)
 
 
-def ssd_postprocess(cls_scores: Sequence[Any], bbox_preds: Sequence[Any],
-                    model_or_cfg: Union[nn.Module, str, Any],
-                    img_metas: Sequence[Any], rescale: bool = True) -> list:
+def ssd_postprocess(
+    cls_scores: Sequence[Any],
+    bbox_preds: Sequence[Any],
+    model_or_cfg: Union[nn.Module, str, Any],
+    img_metas: Sequence[Any],
+    rescale: bool = True,
+) -> list:
     """Detections from the ONNX outputs, as ``model.predict`` returns them (any mmdet dense head).
 
     Runs mmdet's own ``bbox_head.predict_by_feat`` (priors, box decoding, score threshold, NMS
@@ -279,6 +336,7 @@ def ssd_postprocess(cls_scores: Sequence[Any], bbox_preds: Sequence[Any],
         ``scores`` (K,), ``labels`` (K,)), and the metainfo given.
     """
     from mmdet.structures import DetDataSample
+
     head = _bbox_head(model_or_cfg)
     device = next(head.parameters()).device
     cls_scores = [torch.as_tensor(s, device=device) for s in cls_scores]
@@ -289,8 +347,9 @@ def ssd_postprocess(cls_scores: Sequence[Any], bbox_preds: Sequence[Any],
     if len(metas) != cls_scores[0].shape[0]:
         raise ValueError(f'{len(metas)} img_metas for a batch of {cls_scores[0].shape[0]} images')
     with torch.no_grad():
-        results = head.predict_by_feat(cls_scores, bbox_preds, batch_img_metas=metas,
-                                       rescale=rescale)
+        results = head.predict_by_feat(
+            cls_scores, bbox_preds, batch_img_metas=metas, rescale=rescale
+        )
     samples = []
     for meta, result in zip(metas, results):
         sample = DetDataSample(metainfo=meta)
@@ -305,10 +364,13 @@ def _bbox_head(model_or_cfg: Union[nn.Module, str, Any]) -> nn.Module:
         return getattr(model_or_cfg, 'bbox_head', model_or_cfg)
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+
     cfg = Config.fromfile(model_or_cfg) if isinstance(model_or_cfg, str) else model_or_cfg
     if 'bbox_head' not in cfg.get('model', {}):
-        raise ValueError('ssd_postprocess needs a detector, its bbox_head, or a detection config '
-                         '(with model.bbox_head)')
+        raise ValueError(
+            'ssd_postprocess needs a detector, its bbox_head, or a detection config '
+            '(with model.bbox_head)'
+        )
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     head_cfg = cfg.model.bbox_head.copy()
     head_cfg.update(test_cfg=cfg.model.get('test_cfg'), train_cfg=None)

@@ -16,10 +16,13 @@ with ``json`` alone):
 - ``classes`` and ``palette`` (RGB) of the dataset; ``score_thr`` (detection: the head's
   ``test_cfg.score_thr``).
 """
+
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
+
+from ..datasets.wrappers import innermost_dataset
 
 PREFIX = 'mobileone_dense.'
 # Test-pipeline steps that are not image transforms (reading files, packing the sample).
@@ -35,28 +38,27 @@ def preprocessing_info(model: nn.Module) -> Dict[str, Any]:
     takes any size, so padding is optional there).
     """
     pre = model.data_preprocessor
-    convert = any(bool(getattr(pre, name, False))
-                  for name in ('_channel_conversion', 'channel_conversion', 'to_rgb'))
+    convert = any(
+        bool(getattr(pre, name, False))
+        for name in ('_channel_conversion', 'channel_conversion', 'to_rgb')
+    )
     normalize = getattr(pre, '_enable_normalize', False)
     padding = None
     if (getattr(pre, 'pad_size_divisor', None) or 1) > 1:  # mmengine/mmdet/mmpretrain
         padding = f'bottom/right to a multiple of {pre.pad_size_divisor}'
     test_cfg = getattr(pre, 'test_cfg', None) or {}  # mmseg pads at test time only with this
     if test_cfg.get('size') or test_cfg.get('size_divisor'):
-        padding = (f'bottom/right to {tuple(test_cfg["size"])}' if test_cfg.get('size') else
-                   f'bottom/right to a multiple of {test_cfg["size_divisor"]}')
+        padding = (
+            f'bottom/right to {tuple(test_cfg["size"])}'
+            if test_cfg.get('size')
+            else f'bottom/right to a multiple of {test_cfg["size_divisor"]}'
+        )
     return dict(
         bgr_to_rgb=convert,
         mean=[round(v, 4) for v in pre.mean.flatten().tolist()] if normalize else None,
         std=[round(v, 4) for v in pre.std.flatten().tolist()] if normalize else None,
-        test_padding=padding)
-
-
-def innermost_dataset(dataset_cfg: Any) -> Any:
-    """The dataset config inside wrappers (``RepeatDataset``, ``ClassBalancedDataset``...)."""
-    while 'dataset' in dataset_cfg:
-        dataset_cfg = dataset_cfg['dataset']
-    return dataset_cfg
+        test_padding=padding,
+    )
 
 
 def test_transforms(cfg: Any, task: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -89,9 +91,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export_metadata(model: nn.Module, task: str, layout: str, outputs: Dict[str, str],
-                    inputs: Optional[Dict[str, str]] = None,
-                    extra: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+def export_metadata(
+    model: nn.Module,
+    task: str,
+    layout: str,
+    outputs: Dict[str, str],
+    inputs: Optional[Dict[str, str]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Dict[str, str]:
     """``metadata_props`` for an export of ``model`` (see the module doc), values JSON-encoded.
 
     Args:
@@ -106,13 +113,19 @@ def export_metadata(model: nn.Module, task: str, layout: str, outputs: Dict[str,
     cfg = getattr(model, 'cfg', None)
     meta = getattr(model, 'dataset_meta', None) or {}
     entries = dict(
-        task=task, layout=layout,
+        task=task,
+        layout=layout,
         inputs=inputs or {'input': 'float32 (N, 3, H, W): the preprocessed image batch'},
         outputs=outputs,
-        preprocess=dict(transforms=test_transforms(cfg, task) if cfg is not None else None,
-                        bgr_to_rgb=info['bgr_to_rgb'], mean=info['mean'], std=info['std']),
+        preprocess=dict(
+            transforms=test_transforms(cfg, task) if cfg is not None else None,
+            bgr_to_rgb=info['bgr_to_rgb'],
+            mean=info['mean'],
+            std=info['std'],
+        ),
         classes=list(meta.get('classes') or []),
-        palette=[list(c) for c in (meta.get('palette') or [])])
+        palette=[list(c) for c in (meta.get('palette') or [])],
+    )
     entries.update(extra or {})
     return {PREFIX + key: json.dumps(_plain(value)) for key, value in entries.items()}
 
@@ -122,12 +135,16 @@ def read_metadata(path_or_session: Any) -> Dict[str, Any]:
     decoded, keys without the prefix; ``{}`` for files written by other tools."""
     if isinstance(path_or_session, str):
         import onnx
+
         proto = onnx.load(path_or_session, load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
     else:
         props = dict(path_or_session.get_modelmeta().custom_metadata_map)
-    return {key[len(PREFIX):]: json.loads(value) for key, value in props.items()
-            if key.startswith(PREFIX)}
+    return {
+        key[len(PREFIX) :]: json.loads(value)
+        for key, value in props.items()
+        if key.startswith(PREFIX)
+    }
 
 
 def output_descriptions(names: Sequence[str], task: str) -> Dict[str, str]:
@@ -137,8 +154,15 @@ def output_descriptions(names: Sequence[str], task: str) -> Dict[str, str]:
     if task == 'segmentation':
         return {names[0]: 'float32 (N, num_classes, H, W): logits at the input size'}
     levels = len(names) // 2
-    described = {name: f'float32 (N, A * (num_classes + 1), H_{i}, W_{i}): level {i} class '
-                 'logits of the SSD head' for i, name in enumerate(names[:levels])}
-    described.update({name: f'float32 (N, A * 4, H_{i}, W_{i}): level {i} box deltas'
-                      for i, name in enumerate(names[levels:])})
+    described = {
+        name: f'float32 (N, A * (num_classes + 1), H_{i}, W_{i}): level {i} class '
+        'logits of the SSD head'
+        for i, name in enumerate(names[:levels])
+    }
+    described.update(
+        {
+            name: f'float32 (N, A * 4, H_{i}, W_{i}): level {i} box deltas'
+            for i, name in enumerate(names[levels:])
+        }
+    )
     return described

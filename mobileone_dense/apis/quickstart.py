@@ -1,23 +1,38 @@
 """The embedded default job: SSDLite-MobileOne-S0 on a generated COCO-format set, on the CPU."""
+
 import os.path as osp
 
 from mmengine.config import Config
 
+from ..datasets.wrappers import innermost_dataset
 from .coco_data import use_coco_folder
 
 # The configs shipped with the package (a symlink to the checkout's configs/ when editable);
 # a checkout used without installing (PYTHONPATH, tools/cuda_check.sh) has only configs/.
 _PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
-PACKAGE_CONFIGS = next((path for path in (osp.join(_PACKAGE, '.mim', 'configs', 'configs'),
-                                          osp.join(osp.dirname(_PACKAGE), 'configs'))
-                        if osp.isdir(path)), osp.join(_PACKAGE, '.mim', 'configs', 'configs'))
+PACKAGE_CONFIGS = next(
+    (
+        path
+        for path in (
+            osp.join(_PACKAGE, '.mim', 'configs', 'configs'),
+            osp.join(osp.dirname(_PACKAGE), 'configs'),
+        )
+        if osp.isdir(path)
+    ),
+    osp.join(_PACKAGE, '.mim', 'configs', 'configs'),
+)
 
 
-def quickstart_config(data_root: str, work_dir: str, max_iters: int = 180,
-                      batch_size: int = 4, lr: float = 0.1, warmup_iters: int = 10,
-                      input_size: int = 256,
-                      config: str = osp.join(PACKAGE_CONFIGS, 'ssdlite_mobileone_s0_coco.py')
-                      ) -> Config:
+def quickstart_config(
+    data_root: str,
+    work_dir: str,
+    max_iters: int = 180,
+    batch_size: int = 4,
+    lr: float = 0.1,
+    warmup_iters: int = 10,
+    input_size: int = 256,
+    config: str = osp.join(PACKAGE_CONFIGS, 'ssdlite_mobileone_s0_coco.py'),
+) -> Config:
     """The real S0 detection config (same backbone, neck and head), shortened to a few minutes
     of CPU training.
 
@@ -27,23 +42,23 @@ def quickstart_config(data_root: str, work_dir: str, max_iters: int = 180,
     flip) that a few dozen images need to be learnt in that time; and ``input_size`` square
     inputs for training, validation and test instead of 320 (a CPU iteration costs in
     proportion to batch x pixels, and the generated shapes are large enough at 256). Validation
-    runs once at the end, on the fused model. README ("Quick start") has the measured time
-    and mAP of the defaults.
+    runs once at the end, on the deploy model. docs/get_started.md ("What `make demo` does") has
+    the measured time and mAP of the defaults.
     """
     cfg = Config.fromfile(config)
     use_coco_folder(cfg, data_root)
     cfg.work_dir = work_dir
     cfg.train_dataloader.batch_size = batch_size
     cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
-    train_set = cfg.train_dataloader.dataset
-    if 'dataset' in train_set:  # RepeatDataset in mmdet's own configs: a few passes are enough
-        cfg.train_dataloader.dataset = train_set = train_set.dataset
+    # without RepeatDataset (mmdet's own configs): a few passes are enough
+    cfg.train_dataloader.dataset = train_set = innermost_dataset(cfg.train_dataloader.dataset)
     train_set.pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='LoadAnnotations', with_bbox=True),
         dict(type='Resize', scale=(input_size, input_size), keep_ratio=False),
         dict(type='RandomFlip', prob=0.5),
-        dict(type='PackDetInputs')]
+        dict(type='PackDetInputs'),
+    ]
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].num_workers = 2
         cfg[loader].persistent_workers = False
@@ -54,11 +69,17 @@ def quickstart_config(data_root: str, work_dir: str, max_iters: int = 180,
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup_iters),
-        dict(type='CosineAnnealingLR', begin=0, end=max_iters, T_max=max_iters, by_epoch=False,
-             eta_min=0)]
+        dict(
+            type='CosineAnnealingLR',
+            begin=0,
+            end=max_iters,
+            T_max=max_iters,
+            by_epoch=False,
+            eta_min=0,
+        ),
+    ]
     cfg.optim_wrapper.optimizer.lr = lr
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters,
-                                        by_epoch=False)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=10)
     cfg.log_processor = dict(by_epoch=False)
     cfg.randomness = dict(seed=0)

@@ -1,4 +1,5 @@
 """Task-dispatching prediction and drawing for the demo: one entry point for every task."""
+
 import os
 import os.path as osp
 from typing import Any, List, Sequence, Tuple
@@ -15,10 +16,12 @@ def predict(model: nn.Module, image: np.ndarray) -> Any:
     task = model_task(model)
     if task == 'detection':
         from mmdet.apis import inference_detector
+
         return inference_detector(model, image)
     if task == 'classification':
         return _classify(model, image)
     from mmseg.apis import inference_model
+
     return inference_model(model, image)
 
 
@@ -29,16 +32,21 @@ def _classify(model: nn.Module, image: np.ndarray) -> Any:
     import torch
     from mmengine.dataset import Compose, pseudo_collate
     from mmpretrain.registry import TRANSFORMS
-    steps = [t for t in model.cfg.test_dataloader.dataset.pipeline
-             if not str(t['type']).endswith('LoadImageFromFile')]
+
+    steps = [
+        t
+        for t in model.cfg.test_dataloader.dataset.pipeline
+        if not str(t['type']).endswith('LoadImageFromFile')
+    ]
     pipeline = Compose([TRANSFORMS.build(t) for t in steps])
     data = pipeline(dict(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2]))
     with torch.no_grad():
         return model.test_step(pseudo_collate([data]))[0]
 
 
-def draw_prediction(model: nn.Module, image: np.ndarray, result: Any, out_file: str,
-                    score_thr: float = 0.3) -> str:
+def draw_prediction(
+    model: nn.Module, image: np.ndarray, result: Any, out_file: str, score_thr: float = 0.3
+) -> str:
     """Draw ``result`` on ``image`` into ``out_file`` (PNG); return a one-line summary."""
     folder = osp.dirname(osp.abspath(out_file))
     os.makedirs(folder, exist_ok=True)
@@ -46,8 +54,9 @@ def draw_prediction(model: nn.Module, image: np.ndarray, result: Any, out_file: 
     if task == 'detection':
         return _draw_detections(model, image, result, out_file, score_thr)
     if task == 'classification':
-        drawing, top = draw_classification(image, result.pred_score.cpu().numpy(),
-                                           model.dataset_meta.get('classes', ()))
+        drawing, top = draw_classification(
+            image, result.pred_score.cpu().numpy(), model.dataset_meta.get('classes', ())
+        )
         _write(out_file, drawing)
         return 'top-{}: '.format(len(top)) + ', '.join(f'{n} {s:.2f}' for n, s in top)
     labels = result.pred_sem_seg.data[0].cpu().numpy()
@@ -63,8 +72,9 @@ def _write(out_file: str, drawing: np.ndarray) -> None:
         raise OSError(f'could not write {out_file!r} (give a .png path in a writable folder)')
 
 
-def draw_classification(image: np.ndarray, scores: np.ndarray, classes: Sequence[str],
-                        k: int = 5) -> Tuple[np.ndarray, List[Tuple[str, float]]]:
+def draw_classification(
+    image: np.ndarray, scores: np.ndarray, classes: Sequence[str], k: int = 5
+) -> Tuple[np.ndarray, List[Tuple[str, float]]]:
     """The BGR ``image`` with a panel right of it listing the ``k`` highest ``scores`` (softmax
     probabilities, one per class) as class name, score and a bar; returns the drawing and the
     (class name, score) pairs, highest first."""
@@ -75,27 +85,44 @@ def draw_classification(image: np.ndarray, scores: np.ndarray, classes: Sequence
     for j, (name, score) in enumerate(top):
         y = 6 + j * row
         cv2.rectangle(panel, (8, y), (8 + int(80 * score), y + 16), (80, 160, 80), -1)
-        cv2.putText(panel, f'{score:.2f} {name}'[:34], (94, y + 13), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            panel,
+            f'{score:.2f} {name}'[:34],
+            (94, y + 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     canvas = np.full((panel.shape[0], image.shape[1] + width, 3), 255, np.uint8)
-    canvas[:image.shape[0], :image.shape[1]] = image
-    canvas[:, image.shape[1]:] = panel
+    canvas[: image.shape[0], : image.shape[1]] = image
+    canvas[:, image.shape[1] :] = panel
     return canvas, top
 
 
-def _draw_detections(model: nn.Module, image: np.ndarray, result: Any, out_file: str,
-                     score_thr: float) -> str:
+def _draw_detections(
+    model: nn.Module, image: np.ndarray, result: Any, out_file: str, score_thr: float
+) -> str:
     from mmdet.visualization import DetLocalVisualizer
+
     visualizer = DetLocalVisualizer(name=f'mobileone_dense_demo_{id(result)}')
     visualizer.dataset_meta = model.dataset_meta
-    visualizer.add_datasample('prediction', image[..., ::-1], result, draw_gt=False,
-                              pred_score_thr=score_thr, out_file=out_file)
+    visualizer.add_datasample(
+        'prediction',
+        image[..., ::-1],
+        result,
+        draw_gt=False,
+        pred_score_thr=score_thr,
+        out_file=out_file,
+    )
     instances = result.pred_instances
     keep = instances.scores >= score_thr
     classes = model.dataset_meta.get('classes', ())
     labels = [classes[i] if i < len(classes) else str(i) for i in instances.labels[keep].tolist()]
-    return (f'{int(keep.sum())} detections with score >= {score_thr}'
-            + (f': {", ".join(sorted(set(labels)))}' if labels else ''))
+    return f'{int(keep.sum())} detections with score >= {score_thr}' + (
+        f': {", ".join(sorted(set(labels)))}' if labels else ''
+    )
 
 
 def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
@@ -103,9 +130,13 @@ def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
     return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(num_classes)]
 
 
-def draw_segmentation(image: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                      palette: Sequence[Sequence[int]], opacity: float = 0.5
-                      ) -> Tuple[np.ndarray, List[Tuple[str, float]]]:
+def draw_segmentation(
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    opacity: float = 0.5,
+) -> Tuple[np.ndarray, List[Tuple[str, float]]]:
     """Colour overlay of ``labels`` (H, W class indices) on a BGR ``image``, plus a legend.
 
     The legend (a panel right of the image) lists the classes present, largest first, with their
@@ -118,20 +149,31 @@ def draw_segmentation(image: np.ndarray, labels: np.ndarray, classes: Sequence[s
     valid = labels < len(colours)
     overlay = image.copy()
     overlay[valid] = (image[valid] * (1 - opacity) + colours[labels[valid]] * opacity).astype(
-        np.uint8)
+        np.uint8
+    )
     ids, counts = np.unique(labels[valid], return_counts=True)
     order = np.argsort(-counts)
-    present = [(classes[i] if i < len(classes) else str(i), c / labels.size)
-               for i, c in zip(ids[order].tolist(), counts[order].tolist())]
+    present = [
+        (classes[i] if i < len(classes) else str(i), c / labels.size)
+        for i, c in zip(ids[order].tolist(), counts[order].tolist())
+    ]
     row, swatch, width = 22, 16, 220
     legend = np.full((max(image.shape[0], row * (len(present) + 1)), width, 3), 255, np.uint8)
     for k, ((name, share), i) in enumerate(zip(present, ids[order].tolist())):
         y = 6 + k * row
         cv2.rectangle(legend, (8, y), (8 + swatch, y + swatch), colours[i].tolist(), -1)
         cv2.rectangle(legend, (8, y), (8 + swatch, y + swatch), (0, 0, 0), 1)
-        cv2.putText(legend, f'{name} {share:.0%}', (8 + swatch + 8, y + swatch - 3),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            legend,
+            f'{name} {share:.0%}',
+            (8 + swatch + 8, y + swatch - 3),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     canvas = np.full((legend.shape[0], image.shape[1] + width, 3), 255, np.uint8)
-    canvas[:image.shape[0], :image.shape[1]] = overlay
-    canvas[:, image.shape[1]:] = legend
+    canvas[: image.shape[0], : image.shape[1]] = overlay
+    canvas[:, image.shape[1] :] = legend
     return canvas, present

@@ -1,4 +1,5 @@
 """Loading checkpoints safely (``weights_only=True``) and explaining failures."""
+
 import contextlib
 import os.path as osp
 import pickle
@@ -17,12 +18,21 @@ def mmengine_checkpoint_globals() -> list:
     """
     import numpy as np
     from mmengine.logging import HistoryBuffer
+
     multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
-    allowed = [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
-               getattr]
-    allowed += [getattr(np.dtypes, name) for name in ('Float64DType', 'Int64DType', 'Float32DType',
-                                                      'Int32DType', 'BoolDType')
-                if hasattr(np, 'dtypes') and hasattr(np.dtypes, name)]
+    allowed = [
+        HistoryBuffer,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        getattr,
+    ]
+    allowed += [
+        getattr(np.dtypes, name)
+        for name in ('Float64DType', 'Int64DType', 'Float32DType', 'Int32DType', 'BoolDType')
+        if hasattr(np, 'dtypes') and hasattr(np.dtypes, name)
+    ]
     return allowed
 
 
@@ -37,7 +47,8 @@ def allow_mmengine_checkpoints() -> Iterator[None]:
     """
     allowed = torch.serialization.get_safe_globals()
     with torch.serialization.safe_globals(
-            [g for g in mmengine_checkpoint_globals() if g not in allowed]):
+        [g for g in mmengine_checkpoint_globals() if g not in allowed]
+    ):
         yield
 
 
@@ -50,8 +61,10 @@ def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, A
             (message hub with numpy history); use it only for checkpoints of your own runs.
     """
     if not osp.isfile(path):
-        raise MissingDataError(f'checkpoint {path!r} does not exist: check the path (relative '
-                               'paths start from the current directory)')
+        raise MissingDataError(
+            f'checkpoint {path!r} does not exist: check the path (relative '
+            'paths start from the current directory)'
+        )
     context = allow_mmengine_checkpoints() if run_checkpoint else contextlib.nullcontext()
     try:
         with context:
@@ -62,18 +75,23 @@ def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, A
             'loading does not allow, and unpickling arbitrary objects can run code. If you trust '
             'the file, re-save only its tensors once, e.g. `sd = torch.load(path, '
             'weights_only=False)["state_dict"]; torch.save(sd, "weights.pth")`, and use that. '
-            f'Details: {str(error).splitlines()[0]}') from error
+            f'Details: {str(error).splitlines()[0]}'
+        ) from error
     except (RuntimeError, EOFError) as error:
         if 'zip' in str(error).lower() or isinstance(error, EOFError) or 'magic' in str(error):
             # `from None`: torch's own traceback adds nothing to this message
-            raise CheckpointError(f'checkpoint {path!r} is truncated or corrupt (or not a torch '
-                                  f'checkpoint): {str(error).splitlines()[0]}; re-download it, '
-                                  'or re-save it from the run that wrote it') from None
+            raise CheckpointError(
+                f'checkpoint {path!r} is truncated or corrupt (or not a torch '
+                f'checkpoint): {str(error).splitlines()[0]}; re-download it, '
+                'or re-save it from the run that wrote it'
+            ) from None
         raise
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'checkpoint {path!r} holds a {type(checkpoint).__name__}, not a '
-                              'dict of tensors (state dict) or a dict with a "state_dict" entry; '
-                              'save the weights as `torch.save(model.state_dict(), path)`')
+        raise CheckpointError(
+            f'checkpoint {path!r} holds a {type(checkpoint).__name__}, not a '
+            'dict of tensors (state dict) or a dict with a "state_dict" entry; '
+            'save the weights as `torch.save(model.state_dict(), path)`'
+        )
     return checkpoint
 
 
@@ -95,6 +113,9 @@ def training_weights(checkpoint: Dict[str, Any], weights: str = 'ema') -> Dict[s
     if weights not in ('ema', 'raw'):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
     if weights == 'raw' and 'ema_state_dict' in checkpoint:
-        return {k[len('module.'):]: v for k, v in checkpoint['ema_state_dict'].items()
-                if k.startswith('module.')}
+        return {
+            k[len('module.') :]: v
+            for k, v in checkpoint['ema_state_dict'].items()
+            if k.startswith('module.')
+        }
     return state_dict_of(checkpoint)

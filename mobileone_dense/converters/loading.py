@@ -1,4 +1,5 @@
 """Strict loading of weights into a MobileOne backbone, with errors that say what to change."""
+
 from typing import Dict, List, Optional
 
 import torch
@@ -7,10 +8,10 @@ from mmengine.logging import print_log
 
 from ..errors import WeightsMismatchError
 from ..models import ARCH_SETTINGS, MobileOne
-from ..models.reparameterize import load_fused_state_dict
+from ..models.reparameterize import load_deploy_state_dict
 from ..registry import WEIGHT_LOADERS
 from .checkpoint_io import load_checkpoint_file, state_dict_of
-from .mobileone import backbone_state_dict, convert_state_dict, is_fused
+from .mobileone import backbone_state_dict, convert_state_dict, is_deploy_state_dict
 
 
 def _short_list(keys: List[str], limit: int = 8) -> str:
@@ -33,29 +34,36 @@ def describe_weights(state_dict: Dict[str, torch.Tensor]) -> str:
         arch = recognise_arch(backbone)
     except ValueError:
         return what if head else ''
-    return f'{what} with a MobileOne-{arch}{" fused" if is_fused(backbone) else ""} backbone'
+    form = ' deploy-form' if is_deploy_state_dict(backbone) else ''
+    return f'{what} with a MobileOne-{arch}{form} backbone'
 
 
-def check_weights_match(model: nn.Module, state_dict: Dict[str, torch.Tensor],
-                        source: str = 'checkpoint', describe: bool = True) -> None:
+def check_weights_match(
+    model: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    source: str = 'checkpoint',
+    describe: bool = True,
+) -> None:
     """Raise ``WeightsMismatchError`` unless ``state_dict`` fits ``model`` exactly (keys, shapes).
 
-    The message names the ``deploy`` setting to use when fused weights meet an unfused model (or
-    the reverse), the first shape mismatch (usually another arch), or the missing and unexpected
-    keys; with ``describe``, also what the weights look like (task and MobileOne arch).
+    The message names the ``deploy`` setting to use when deploy-form weights meet a train-time
+    model (or the reverse), the first shape mismatch (usually another arch), or the missing and
+    unexpected keys; with ``describe``, also what the weights look like (task and MobileOne arch).
     """
     model_state = model.state_dict()
-    model_fused = is_fused(model_state)
-    if state_dict and is_fused(state_dict) != model_fused:
-        if is_fused(state_dict):
+    model_deploy = is_deploy_state_dict(model_state)
+    if state_dict and is_deploy_state_dict(state_dict) != model_deploy:
+        if is_deploy_state_dict(state_dict):
             raise WeightsMismatchError(
-                f'{source} holds fused (re-parameterized) MobileOne weights but the model has '
-                'train-time branches: build the backbone with deploy=True (use the deploy config '
-                'written next to the deploy checkpoint)')
+                f'{source} holds deploy-form (re-parameterized) MobileOne weights but the model '
+                'has train-time branches: build the backbone with deploy=True (use the deploy '
+                'config written next to the deploy checkpoint)'
+            )
         raise WeightsMismatchError(
-            f'{source} holds unfused MobileOne weights (with branches) but the model is fused: '
-            'build the backbone with deploy=False, load, then call '
-            'mobileone_dense.reparameterize(model)')
+            f'{source} holds train-time MobileOne weights (with branches) but the model is in '
+            'deploy form: build the backbone with deploy=False, load, then call '
+            'mobileone_dense.reparameterize(model)'
+        )
     arch = next((m.arch_name for m in model.modules() if hasattr(m, 'arch_name')), '?')
 
     def looks_like() -> str:
@@ -68,7 +76,8 @@ def check_weights_match(model: nn.Module, state_dict: Dict[str, torch.Tensor],
                 f'size mismatch for {key}: {source} has {tuple(value.shape)}, the model '
                 f'(arch={arch!r}) has {tuple(model_state[key].shape)}{looks_like()}: the weights '
                 'are probably for another MobileOne variant or class count; use the config they '
-                'were trained with')
+                'were trained with'
+            )
     missing = sorted(set(model_state) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(model_state))
     if missing or unexpected:
@@ -76,11 +85,13 @@ def check_weights_match(model: nn.Module, state_dict: Dict[str, torch.Tensor],
             f'{source} does not match the model ({type(model).__name__}, arch={arch!r}): missing '
             f'keys {_short_list(missing)}, unexpected keys {_short_list(unexpected)}'
             f'{looks_like()}; use the config the weights were trained with (or '
-            "init_cfg=dict(type='Pretrained', prefix='backbone.') to take only a backbone)")
+            "init_cfg=dict(type='Pretrained', prefix='backbone.') to take only a backbone)"
+        )
 
 
-def load_weights_strictly(model: nn.Module, state_dict: Dict[str, torch.Tensor],
-                          source: str = 'checkpoint') -> None:
+def load_weights_strictly(
+    model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = 'checkpoint'
+) -> None:
     """Load a state dict into ``model`` (a backbone or a whole model); fail loudly on any mismatch.
 
     Raises ``WeightsMismatchError`` (a ``ValueError``), see ``check_weights_match``.
@@ -90,47 +101,55 @@ def load_weights_strictly(model: nn.Module, state_dict: Dict[str, torch.Tensor],
 
 
 @WEIGHT_LOADERS.register_module(name='MobileOne')
-def load_pretrained_backbone(backbone: nn.Module, checkpoint: str,
-                             prefix: Optional[str] = None) -> None:
+def load_pretrained_backbone(
+    backbone: nn.Module, checkpoint: str, prefix: Optional[str] = None
+) -> None:
     """``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`` for our backbone.
 
     Accepts our own checkpoints (classifier, detector, segmentor or bare backbone) and Apple, timm
     or mmpretrain MobileOne weights; ``prefix`` selects the backbone inside a larger model
-    (e.g. ``'backbone.'``). Fused weights (a deploy checkpoint) initialize an unfused backbone
-    through :func:`~mobileone_dense.models.reparameterize.load_fused_state_dict` (same function
+    (e.g. ``'backbone.'``). Deploy weights (a deploy checkpoint) initialize a train-time backbone
+    through :func:`~mobileone_dense.models.reparameterize.load_deploy_state_dict` (same function
     in eval mode, trainable branches) and say so in the log. Unlike mmengine's
     ``PretrainedInit`` (which only logs mismatches), anything that does not fit raises.
     """
     raw = state_dict_of(load_checkpoint_file(checkpoint, run_checkpoint=True))
     if prefix and any(k.startswith(prefix) for k in raw):
-        raw = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+        raw = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     # else: public weights (Apple, timm) have no prefix; conversion finds the backbone keys.
     converted = convert_state_dict(raw, strict=False)
     weights = backbone_state_dict(converted)
     if not weights:
-        raise WeightsMismatchError(f'{checkpoint!r} holds no MobileOne backbone weights'
-                                   f'{" under prefix " + repr(prefix) if prefix else ""}')
-    if is_fused(weights) and not is_fused(backbone.state_dict()):
-        # fine-tuning from a fused (deploy) checkpoint: the branches are set so that the
-        # unfused backbone in eval mode computes the fused one's function
-        load_fused_state_dict(backbone, weights)
-        print_log(f'initialized the train-time branches of the unfused MobileOne backbone from '
-                  f'the fused weights of {checkpoint!r}: the first conv branch of every block '
-                  'carries the fused kernel (its BN the identity plus the fused bias), the other '
-                  'branches start at zero output; in eval mode it computes the fused model',
-                  logger='current')
+        raise WeightsMismatchError(
+            f'{checkpoint!r} holds no MobileOne backbone weights'
+            f'{" under prefix " + repr(prefix) if prefix else ""}'
+        )
+    if is_deploy_state_dict(weights) and not is_deploy_state_dict(backbone.state_dict()):
+        # fine-tuning from a deploy checkpoint: the branches are set so that the train-time
+        # backbone in eval mode computes the deploy one's function
+        load_deploy_state_dict(backbone, weights)
+        print_log(
+            f'initialized the train-time branches of the MobileOne backbone from the '
+            f'deploy weights of {checkpoint!r}: the first conv branch of every block '
+            'carries the deploy kernel (its BN the identity plus the deploy bias), the '
+            'other branches start at zero output; in eval mode it computes the deploy '
+            'model',
+            logger='current',
+        )
         return
     load_weights_strictly(backbone, weights, source=f'checkpoint {checkpoint!r}')
 
 
 def recognise_arch(backbone_weights: Dict[str, torch.Tensor]) -> str:
     """The MobileOne arch whose backbone loads these (``backbone.``-less) weights exactly."""
-    fused = is_fused(backbone_weights)
+    deploy = is_deploy_state_dict(backbone_weights)
     for arch in ARCH_SETTINGS:
         try:
-            check_weights_match(MobileOne(arch, deploy=fused), backbone_weights, describe=False)
+            check_weights_match(MobileOne(arch, deploy=deploy), backbone_weights, describe=False)
             return arch
         except WeightsMismatchError:
             continue
-    raise ValueError('the converted weights fit none of the MobileOne archs '
-                     f'{list(ARCH_SETTINGS)} (fused={fused})')
+    raise ValueError(
+        'the converted weights fit none of the MobileOne archs '
+        f'{list(ARCH_SETTINGS)} (deploy={deploy})'
+    )

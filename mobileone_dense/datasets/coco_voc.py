@@ -6,6 +6,7 @@ annotations are dropped, images whose kept objects cover 1000 pixels or less are
 instance is painted with its VOC class index, and pixels covered by more than one instance are
 ignored (255).
 """
+
 from typing import Dict, List
 
 import numpy as np
@@ -16,8 +17,12 @@ from ..registry import DATASETS, TRANSFORMS
 
 # COCO category name -> VOC class name (the VOC names missing here are spelled the same).
 COCO_TO_VOC_NAMES: Dict[str, str] = {
-    'airplane': 'aeroplane', 'dining table': 'diningtable', 'motorcycle': 'motorbike',
-    'potted plant': 'pottedplant', 'couch': 'sofa', 'tv': 'tvmonitor',
+    'airplane': 'aeroplane',
+    'dining table': 'diningtable',
+    'motorcycle': 'motorbike',
+    'potted plant': 'pottedplant',
+    'couch': 'sofa',
+    'tv': 'tvmonitor',
 }
 IGNORE_INDEX = 255
 
@@ -38,16 +43,23 @@ class COCOVOCSegDataset(BaseSegDataset):
     Classes, palette and label indices are ``PascalVOCDataset``'s (0 = background), so this set
     concatenates with VOC-aug (``ConcatDataset``) and shares its metric.
     """
+
     METAINFO = PascalVOCDataset.METAINFO
 
-    def __init__(self, ann_file: str, data_prefix: dict = dict(img_path='train2017'),
-                 min_area: float = 1000, **kwargs) -> None:
+    def __init__(
+        self,
+        ann_file: str,
+        data_prefix: dict = dict(img_path='train2017'),
+        min_area: float = 1000,
+        **kwargs,
+    ) -> None:
         self.min_area = min_area
         super().__init__(ann_file=ann_file, data_prefix=data_prefix, **kwargs)
 
     def load_data_list(self) -> List[dict]:
         """One entry per kept image: its path and the polygons/RLEs and labels to paint."""
         from pycocotools.coco import COCO
+
         coco = COCO(self.ann_file)
         classes = list(self.metainfo['classes'])
         label_of = {}
@@ -56,33 +68,47 @@ class COCOVOCSegDataset(BaseSegDataset):
             if voc_name in classes and voc_name != 'background':
                 label_of[category['id']] = classes.index(voc_name)
         if not label_of:
-            raise ValueError(f'{self.ann_file!r} has none of the 20 Pascal VOC categories under '
-                             f'their COCO names (e.g. {sorted(COCO_TO_VOC_NAMES)}): is it a COCO '
-                             'instances_*.json file?')
+            raise ValueError(
+                f'{self.ann_file!r} has none of the 20 Pascal VOC categories under '
+                f'their COCO names (e.g. {sorted(COCO_TO_VOC_NAMES)}): is it a COCO '
+                'instances_*.json file?'
+            )
         img_dir = self.data_prefix.get('img_path', '')
         data_list = []
         for image_id in sorted(coco.getImgIds()):
             image = coco.loadImgs(image_id)[0]
-            annotations = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id))
-                           if not a.get('iscrowd', 0) and a['category_id'] in label_of
-                           and a.get('segmentation')]
+            annotations = [
+                a
+                for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+                if not a.get('iscrowd', 0)
+                and a['category_id'] in label_of
+                and a.get('segmentation')
+            ]
             if sum(a['area'] for a in annotations) <= self.min_area:
                 continue
-            data_list.append(dict(
-                img_path=f'{img_dir.rstrip("/")}/{image["file_name"]}' if img_dir
-                else image['file_name'],
-                coco_segmentations=[a['segmentation'] for a in annotations],
-                coco_labels=[label_of[a['category_id']] for a in annotations],
-                height=image['height'], width=image['width'],
-                label_map=self.label_map, reduce_zero_label=self.reduce_zero_label,
-                seg_fields=[]))
+            data_list.append(
+                dict(
+                    img_path=f'{img_dir.rstrip("/")}/{image["file_name"]}'
+                    if img_dir
+                    else image['file_name'],
+                    coco_segmentations=[a['segmentation'] for a in annotations],
+                    coco_labels=[label_of[a['category_id']] for a in annotations],
+                    height=image['height'],
+                    width=image['width'],
+                    label_map=self.label_map,
+                    reduce_zero_label=self.reduce_zero_label,
+                    seg_fields=[],
+                )
+            )
         return data_list
 
 
-def render_semantic_mask(segmentations: list, labels: List[int], height: int,
-                         width: int) -> np.ndarray:
+def render_semantic_mask(
+    segmentations: list, labels: List[int], height: int, width: int
+) -> np.ndarray:
     """(height, width) uint8 mask: 0 background, each instance its label, overlaps 255."""
     from pycocotools import mask as mask_utils
+
     target = np.zeros((height, width), dtype=np.uint8)
     coverage = np.zeros((height, width), dtype=np.uint8)
     for segmentation, label in zip(segmentations, labels):
@@ -109,16 +135,21 @@ class LoadCocoSemanticMask(BaseTransform):
 
     def transform(self, results: dict) -> dict:
         if 'coco_segmentations' not in results:
-            raise KeyError('LoadCocoSemanticMask needs the COCO annotations that '
-                           'mobileone_dense.COCOVOCSegDataset provides; for VOC/ADE20K datasets use '
-                           "mmseg's LoadAnnotations instead")
+            raise KeyError(
+                'LoadCocoSemanticMask needs the COCO annotations that '
+                'mobileone_dense.COCOVOCSegDataset provides; for VOC/ADE20K datasets use '
+                "mmseg's LoadAnnotations instead"
+            )
         height, width = results['height'], results['width']
         image = results.get('img')
         if image is not None and image.shape[:2] != (height, width):
-            raise ValueError(f"{results.get('img_path')}: the image is {image.shape[0]}x"
-                             f"{image.shape[1]} but its COCO annotation says {height}x{width}; "
-                             'the annotation file does not belong to these images')
+            raise ValueError(
+                f'{results.get("img_path")}: the image is {image.shape[0]}x'
+                f'{image.shape[1]} but its COCO annotation says {height}x{width}; '
+                'the annotation file does not belong to these images'
+            )
         results['gt_seg_map'] = render_semantic_mask(
-            results['coco_segmentations'], results['coco_labels'], height, width)
+            results['coco_segmentations'], results['coco_labels'], height, width
+        )
         results['seg_fields'].append('gt_seg_map')
         return results

@@ -14,6 +14,7 @@ the layout mmpretrain's ``ImageNet`` dataset reads (``split='train'``/``'val'``;
 hues) with noise, brightness jitter and a small grey clutter disc, so a classifier
 separates them in a few epochs even through random resized crops.
 """
+
 import argparse
 import colorsys
 import os
@@ -39,8 +40,14 @@ def _image(rng: np.random.Generator, label: int, num_classes: int, size: int) ->
     return image.astype(np.uint8)
 
 
-def make_imagenet_folder(root: str, num_classes: int = 4, train_per_class: int = 16,
-                         val_per_class: int = 4, size: int = 64, seed: int = 0) -> Dict[str, str]:
+def make_imagenet_folder(
+    root: str,
+    num_classes: int = 4,
+    train_per_class: int = 16,
+    val_per_class: int = 4,
+    size: int = 64,
+    seed: int = 0,
+) -> Dict[str, str]:
     """Write the dataset under ``root`` (see the module docstring); returns its main paths."""
     if num_classes < 2:
         raise ValueError(f'num_classes must be >= 2, got {num_classes}')
@@ -62,9 +69,13 @@ def make_imagenet_folder(root: str, num_classes: int = 4, train_per_class: int =
     for split, lines in (('train', train_lines), ('val', val_lines)):
         with open(osp.join(root, 'meta', f'{split}.txt'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
-    return dict(root=root, train=osp.join(root, 'train'), val=osp.join(root, 'val'),
-                train_list=osp.join(root, 'meta', 'train.txt'),
-                val_list=osp.join(root, 'meta', 'val.txt'))
+    return dict(
+        root=root,
+        train=osp.join(root, 'train'),
+        val=osp.join(root, 'val'),
+        train_list=osp.join(root, 'meta', 'train.txt'),
+        val_list=osp.join(root, 'meta', 'val.txt'),
+    )
 
 
 def main(argv=None) -> int:
@@ -76,10 +87,13 @@ def main(argv=None) -> int:
     parser.add_argument('--size', type=int, default=64, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    paths = make_imagenet_folder(args.root, args.classes, args.train_per_class,
-                                 args.val_per_class, args.size, args.seed)
-    print(f'wrote {args.classes * args.train_per_class} training and '
-          f'{args.classes * args.val_per_class} validation images under {paths["root"]}')
+    paths = make_imagenet_folder(
+        args.root, args.classes, args.train_per_class, args.val_per_class, args.size, args.seed
+    )
+    print(
+        f'wrote {args.classes * args.train_per_class} training and '
+        f'{args.classes * args.val_per_class} validation images under {paths["root"]}'
+    )
     return 0
 
 

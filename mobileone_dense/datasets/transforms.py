@@ -12,6 +12,7 @@ level by alpha is exactly scaling the distance from the identity by alpha; that 
 Also: ``LoadImageFromFile`` and ``LoadSegAnnotations``, loaders whose errors name the bad file
 (corrupt or truncated image, mask labels outside the classes) and say what to do.
 """
+
 import copy
 import warnings
 from typing import List, Optional, Sequence, Union
@@ -22,8 +23,7 @@ from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
 from mmcv.transforms import RandomChoice
 from mmengine import fileio
 from mmengine.registry import DefaultScope
-from mmpretrain.datasets.transforms.auto_augment import (AUTOAUG_POLICIES, AutoAugment,
-                                                         merge_hparams)
+from mmpretrain.datasets.transforms.auto_augment import AUTOAUG_POLICIES, AutoAugment, merge_hparams
 from mmpretrain.registry import TRANSFORMS as MMPRETRAIN_TRANSFORMS
 from mmseg.datasets.transforms import LoadAnnotations as MMSegLoadAnnotations
 
@@ -33,16 +33,16 @@ from ..registry import TRANSFORMS
 # op type -> (argument holding the magnitude, its identity value); ops absent from this table and
 # from MAGNITUDE_FREE have a magnitude we do not know how to scale, which raises.
 MAGNITUDE_ARGS = {
-    'Rotate': ('angle', 0.),
-    'Shear': ('magnitude', 0.),
-    'Translate': ('magnitude', 0.),
-    'ColorTransform': ('magnitude', 0.),
-    'Contrast': ('magnitude', 0.),
-    'Brightness': ('magnitude', 0.),
-    'Sharpness': ('magnitude', 0.),
-    'SolarizeAdd': ('magnitude', 0.),
-    'Solarize': ('thr', 256.),   # no pixel is >= 256: nothing inverted
-    'Posterize': ('bits', 8.),   # 8 bits kept: unchanged (mmpretrain rounds bits up)
+    'Rotate': ('angle', 0.0),
+    'Shear': ('magnitude', 0.0),
+    'Translate': ('magnitude', 0.0),
+    'ColorTransform': ('magnitude', 0.0),
+    'Contrast': ('magnitude', 0.0),
+    'Brightness': ('magnitude', 0.0),
+    'Sharpness': ('magnitude', 0.0),
+    'SolarizeAdd': ('magnitude', 0.0),
+    'Solarize': ('thr', 256.0),  # no pixel is >= 256: nothing inverted
+    'Posterize': ('bits', 8.0),  # 8 bits kept: unchanged (mmpretrain rounds bits up)
 }
 MAGNITUDE_FREE = ('AutoContrast', 'Equalize', 'Invert')
 
@@ -54,8 +54,10 @@ def scale_policy(policy: dict, strength: float) -> dict:
     if op in MAGNITUDE_FREE:
         return policy
     if op not in MAGNITUDE_ARGS or 'magnitude_range' in policy:
-        raise ValueError(f'ScaledAutoAugment cannot scale {op!r} ({policy}): give ops with a fixed '
-                         f'magnitude among {sorted(MAGNITUDE_ARGS)} or one of {MAGNITUDE_FREE}')
+        raise ValueError(
+            f'ScaledAutoAugment cannot scale {op!r} ({policy}): give ops with a fixed '
+            f'magnitude among {sorted(MAGNITUDE_ARGS)} or one of {MAGNITUDE_FREE}'
+        )
     key, identity = MAGNITUDE_ARGS[op]
     if strength != 1:  # (1: exactly the policy's value, no rounding)
         policy[key] = identity + strength * (policy[key] - identity)
@@ -78,19 +80,27 @@ class ScaledAutoAugment(AutoAugment):
         hparams: defaults for op arguments the policies leave unset (e.g. ``pad_val``).
     """
 
-    def __init__(self, policies: Union[str, List[List[dict]]] = 'imagenet',
-                 strength: float = 1.0, hparams: dict = dict(pad_val=128)) -> None:
+    def __init__(
+        self,
+        policies: Union[str, List[List[dict]]] = 'imagenet',
+        strength: float = 1.0,
+        hparams: dict = dict(pad_val=128),
+    ) -> None:
         if isinstance(policies, str):
             if policies not in AUTOAUG_POLICIES:
-                raise KeyError(f'unknown AutoAugment policy {policies!r}; choose one of '
-                               f'{sorted(AUTOAUG_POLICIES)} or give the sub-policies')
+                raise KeyError(
+                    f'unknown AutoAugment policy {policies!r}; choose one of '
+                    f'{sorted(AUTOAUG_POLICIES)} or give the sub-policies'
+                )
             policies = AUTOAUG_POLICIES[policies]
         if strength < 0:
             raise ValueError(f'strength must be >= 0, got {strength}')
         self.strength = float(strength)
         self.hparams = hparams
-        self.policies = [[scale_policy(merge_hparams(op, hparams), self.strength) for op in sub]
-                         for sub in policies]
+        self.policies = [
+            [scale_policy(merge_hparams(op, hparams), self.strength) for op in sub]
+            for sub in policies
+        ]
         # The op names are mmpretrain's: build them in its scope whatever scope builds us.
         with DefaultScope.overwrite_default_scope('mmpretrain'):
             transforms = [[MMPRETRAIN_TRANSFORMS.build(op) for op in sub] for sub in self.policies]
@@ -98,9 +108,15 @@ class ScaledAutoAugment(AutoAugment):
 
     def magnitudes(self) -> List[Sequence[float]]:
         """The magnitude argument of each built op (None for magnitude-free ops), per sub-policy."""
-        return [[getattr(op, MAGNITUDE_ARGS[type(op).__name__][0], None)
-                 if type(op).__name__ in MAGNITUDE_ARGS else None for op in sub.transforms]
-                for sub in self.transforms]
+        return [
+            [
+                getattr(op, MAGNITUDE_ARGS[type(op).__name__][0], None)
+                if type(op).__name__ in MAGNITUDE_ARGS
+                else None
+                for op in sub.transforms
+            ]
+            for sub in self.transforms
+        ]
 
     def __repr__(self) -> str:
         return f'{super().__repr__()[:-1]}strength={self.strength})'
@@ -136,18 +152,22 @@ class LoadImageFromFile(MMCVLoadImageFromFile):
         except FileNotFoundError:
             if self.ignore_empty:
                 return None
-            raise MissingDataError(f'{filename}: image file does not exist but the dataset lists '
-                                   'it: restore it, or remove it from the annotations') from None
+            raise MissingDataError(
+                f'{filename}: image file does not exist but the dataset lists '
+                'it: restore it, or remove it from the annotations'
+            ) from None
         try:
             image = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
             problem = None if image is not None else 'cannot decode image'
         except Exception as error:  # cv2.error, PIL's OSError/UnidentifiedImageError, ...
             image, problem = None, f'cannot decode image ({type(error).__name__}: {error})'
         if problem is not None:
-            message = (f'{filename}: {problem}; the file is corrupt or truncated ({len(data)} '
-                       'bytes): remove or replace it (and its annotation), or set '
-                       'skip_corrupt=True on mobileone_dense.LoadImageFromFile to skip such images '
-                       'with a warning during training')
+            message = (
+                f'{filename}: {problem}; the file is corrupt or truncated ({len(data)} '
+                'bytes): remove or replace it (and its annotation), or set '
+                'skip_corrupt=True on mobileone_dense.LoadImageFromFile to skip such images '
+                'with a warning during training'
+            )
             if self.skip_corrupt:
                 warnings.warn(message)
                 return None
@@ -179,8 +199,9 @@ class LoadSegAnnotations(MMSegLoadAnnotations):
         **kwargs: mmseg's ``LoadAnnotations`` arguments.
     """
 
-    def __init__(self, num_classes: Optional[int] = None, ignore_index: int = 255,
-                 **kwargs) -> None:
+    def __init__(
+        self, num_classes: Optional[int] = None, ignore_index: int = 255, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -190,27 +211,37 @@ class LoadSegAnnotations(MMSegLoadAnnotations):
         try:
             super()._load_seg_map(results)
         except FileNotFoundError:
-            raise MissingDataError(f'{path}: segmentation mask does not exist but the dataset '
-                                   'lists its image: restore it, or remove the image from the '
-                                   'split file') from None
+            raise MissingDataError(
+                f'{path}: segmentation mask does not exist but the dataset '
+                'lists its image: restore it, or remove the image from the '
+                'split file'
+            ) from None
         except (OSError, ValueError, AttributeError) as error:  # undecodable: PIL, cv2, None
-            raise BadDataError(f'{path}: cannot decode segmentation mask ({error}); the file is '
-                               'corrupt or truncated: replace it, or remove the image from the '
-                               'split file') from None
+            raise BadDataError(
+                f'{path}: cannot decode segmentation mask ({error}); the file is '
+                'corrupt or truncated: replace it, or remove the image from the '
+                'split file'
+            ) from None
         if self.num_classes is None:
             return
         labels = np.flatnonzero(np.bincount(results['gt_seg_map'].ravel(), minlength=256))
         bad = labels[(labels >= self.num_classes) & (labels != self.ignore_index)]
         if bad.size:
             reduced = results.get('reduce_zero_label', self.reduce_zero_label)
-            in_file = (f' (values {(bad + 1).tolist()} in the file, before reduce_zero_label '
-                       'subtracts 1)' if reduced and not results.get('label_map') else '')
+            in_file = (
+                f' (values {(bad + 1).tolist()} in the file, before reduce_zero_label subtracts 1)'
+                if reduced and not results.get('label_map')
+                else ''
+            )
             raise BadDataError(
                 f'{path}: label values {bad.tolist()}{in_file} are outside the {self.num_classes} '
                 f'classes (0-{self.num_classes - 1}; {self.ignore_index} = ignore_index): fix the '
                 f'mask (e.g. set those pixels to {self.ignore_index} to ignore them), or set '
-                'model.decode_head.num_classes (and the dataset\'s classes) to match the data')
+                "model.decode_head.num_classes (and the dataset's classes) to match the data"
+            )
 
     def __repr__(self) -> str:
-        return (f'{super().__repr__()[:-1]}, num_classes={self.num_classes}, '
-                f'ignore_index={self.ignore_index})')
+        return (
+            f'{super().__repr__()[:-1]}, num_classes={self.num_classes}, '
+            f'ignore_index={self.ignore_index})'
+        )

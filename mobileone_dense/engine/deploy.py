@@ -1,4 +1,6 @@
-"""Writing fused (deploy) checkpoints and configs, shared by the hook and the tools."""
+"""Writing and recognising deploy (re-parameterized) checkpoints and configs, shared by the hook
+and the tools."""
+
 import copy
 import os
 import os.path as osp
@@ -68,25 +70,29 @@ def atomic_dump_config(cfg: Config, path: str) -> None:
 
 
 def deploy_config(cfg: Config, checkpoint: Union[str, None] = None) -> Config:
-    """The same config with the fused backbone (``deploy=True``), no pretrained init, no EMA.
+    """The same config with the deploy-form backbone (``deploy=True``), no pretrained init, no
+    EMA.
 
-    The deploy checkpoint's neck/head BN are folded as well: loaders fuse the built model before
-    loading it (:func:`fuse_to_load`; our Runner and ``init_model`` do).
+    The deploy checkpoint's neck/head BN are folded as well: loaders re-parameterize the built
+    model before loading it (:func:`reparameterize_to_load`; our Runner and ``init_model`` do).
 
-    ``load_from`` points at ``checkpoint`` (the fused weights) when given; resuming is off.
+    ``load_from`` points at ``checkpoint`` (the deploy weights) when given; resuming is off.
     """
     cfg = copy.deepcopy(cfg)
     model = cfg.model
     target = model.get('backbone', model)
     if 'MobileOne' not in str(target.get('type', '')):
-        raise ValueError(f'cannot make a deploy config: the backbone type is '
-                         f'{target.get("type")!r}, not mobileone_dense.MobileOne')
+        raise ValueError(
+            f'cannot make a deploy config: the backbone type is '
+            f'{target.get("type")!r}, not mobileone_dense.MobileOne'
+        )
     target.deploy = True
-    target.init_cfg = None  # the fused checkpoint carries the weights; unfused init would not fit
+    target.init_cfg = None  # the deploy checkpoint carries the weights; train-time ones don't fit
     # The deploy checkpoint already holds the EMA weights; EMAHook would only keep a second copy
-    # (of an unfused structure) whose parameters it swaps with the model's by position.
-    cfg.custom_hooks = [hook for hook in cfg.get('custom_hooks', [])
-                        if 'EMAHook' not in str(hook.get('type', ''))]
+    # (of the train-time structure) whose parameters it swaps with the model's by position.
+    cfg.custom_hooks = [
+        hook for hook in cfg.get('custom_hooks', []) if 'EMAHook' not in str(hook.get('type', ''))
+    ]
     if checkpoint is not None:
         cfg.load_from = checkpoint
     cfg.resume = False
@@ -107,43 +113,53 @@ def output_tensors(outputs: Any) -> List[torch.Tensor]:
 def max_relative_difference(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
     """max over paired tensors of max|a - b| / max|b|, computed in float64 (so float64
     comparisons keep their precision)."""
-    errors = [((x.double() - y.double()).abs().max() / y.double().abs().max().clamp_min(1e-12))
-              .item() for x, y in zip(a, b)]
+    errors = [
+        ((x.double() - y.double()).abs().max() / y.double().abs().max().clamp_min(1e-12)).item()
+        for x, y in zip(a, b)
+    ]
     if not errors:
         raise ValueError('no tensors to compare')
     return max(errors)
 
 
-# ``meta['fused']`` of a deploy checkpoint whose Conv+BN pairs outside the backbone are folded
-# too (``reparameterize`` since 0.1.0): loading it needs a model fused the same way first.
+# A deploy checkpoint's ``meta[DEPLOY_KEY]`` is ``WHOLE_MODEL``: the backbone is in deploy form
+# and the Conv+BN pairs outside it are folded too (:func:`reparameterize`), so loading it needs a
+# model re-parameterized the same way first. Versions up to 0.1.0 wrote the pair
+# ``mobileone_dense_deploy=True, fused='whole_model'`` instead (:func:`is_deploy_checkpoint`).
+DEPLOY_KEY = 'mobileone_dense_deploy'
 WHOLE_MODEL = 'whole_model'
 
 
 def deploy_checkpoint(model: nn.Module, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """The dict written as a deploy checkpoint (fused weights only, mmengine layout).
+    """The dict written as a deploy checkpoint (deploy-form weights only, mmengine layout).
 
-    ``model`` must be fused with :func:`mobileone_dense.reparameterize` (backbone branches and
-    every Conv+BN pair), which ``meta['fused']`` records.
+    ``model`` must be re-parameterized with :func:`mobileone_dense.reparameterize` (backbone
+    branches and every Conv+BN pair), which ``meta[DEPLOY_KEY]`` records.
     """
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return dict(meta=dict(meta, mobileone_dense_deploy=True, fused=WHOLE_MODEL),
-                state_dict=state_dict)
+    return dict(meta=dict(meta, **{DEPLOY_KEY: WHOLE_MODEL}), state_dict=state_dict)
 
 
-def is_whole_model_fused(checkpoint: Dict[str, Any]) -> bool:
-    """Whether ``checkpoint`` is a deploy checkpoint of a wholly fused model (no BN left)."""
+def is_deploy_checkpoint(checkpoint: Dict[str, Any]) -> bool:
+    """Whether ``checkpoint`` is a deploy checkpoint (whole model re-parameterized, no BN left):
+    ``meta[DEPLOY_KEY] == WHOLE_MODEL``, or the pair earlier versions wrote
+    (``meta[DEPLOY_KEY] is True`` and ``meta['fused'] == WHOLE_MODEL``)."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
-    return isinstance(meta, dict) and meta.get('fused') == WHOLE_MODEL
+    if not isinstance(meta, dict):
+        return False
+    flag = meta.get(DEPLOY_KEY)
+    return flag == WHOLE_MODEL or (flag is True and meta.get('fused') == WHOLE_MODEL)
 
 
-def fuse_to_load(model: nn.Module, checkpoint: Dict[str, Any]) -> bool:
-    """Fuse ``model`` in place when ``checkpoint`` holds wholly fused weights; True if it did.
+def reparameterize_to_load(model: nn.Module, checkpoint: Dict[str, Any]) -> bool:
+    """Re-parameterize ``model`` in place when ``checkpoint`` is a deploy checkpoint; True if it
+    did.
 
-    A fused checkpoint has no BN entries for the neck/head convs (their BN is folded into a conv
-    bias): the freshly built model is fused first, which gives exactly that structure, and the
-    weights then load strictly. The values the fusion computes are overwritten by the load.
+    A deploy checkpoint has no BN entries for the neck/head convs (their BN is folded into a conv
+    bias): the freshly built model is re-parameterized first, which gives exactly that structure,
+    and the weights then load strictly. The values it computes are overwritten by the load.
     """
-    if not is_whole_model_fused(checkpoint):
+    if not is_deploy_checkpoint(checkpoint):
         return False
     reparameterize(model)
     return True

@@ -1,11 +1,12 @@
 """torchrun (``--launcher pytorch``) on machines without a GPU: CPU processes over gloo."""
-import datetime
+
 from typing import Any, List
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
 
+from .compat import cpu_ddp_wrapper_cfg, init_cpu_process_group
 
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'SyncBatchNorm')
 
@@ -27,37 +28,39 @@ def sync_bn_keys(node: Any, prefix: str = 'model') -> List[str]:
 def setup_cpu_distributed(cfg: Config) -> None:
     """Start the process group of a CPU-only ``--launcher pytorch`` run, before the Runner.
 
-    mmengine 0.10.7's pytorch launcher always calls ``torch.cuda.set_device(LOCAL_RANK)`` (fails
-    without a GPU) and wraps the model in DDP with ``device_ids=[LOCAL_RANK]`` (DDP refuses
-    device ids for CPU modules). Here the gloo process group is started from torchrun's
-    environment (the Runner then skips its own ``init_dist``) and ``model_wrapper_cfg`` gets
-    ``device_ids=None``. Does nothing with a GPU, another launcher, or a group already started.
-    A config with SyncBN layers (or ``sync_bn``) stops with the ``--cfg-options`` that switch
-    them to BN: SyncBN runs on GPUs only.
+    mmengine 0.10.7's pytorch launcher fails without a GPU and its DDP wrapper refuses CPU
+    modules (``engine/compat.py``): here the gloo process group is started from torchrun's
+    environment (:func:`.compat.init_cpu_process_group`; the Runner then skips its own
+    ``init_dist``) and ``model_wrapper_cfg`` gets ``device_ids=None``
+    (:func:`.compat.cpu_ddp_wrapper_cfg`). Does nothing with a GPU, another launcher, or a
+    group already started. A config with SyncBN layers (or ``sync_bn``) stops with the
+    ``--cfg-options`` that switch them to BN: SyncBN runs on GPUs only.
     """
-    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available() \
-            or (dist.is_available() and dist.is_initialized()):
+    if (
+        cfg.get('launcher', 'none') != 'pytorch'
+        or torch.cuda.is_available()
+        or (dist.is_available() and dist.is_initialized())
+    ):
         return
     dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
     backend = dist_cfg.pop('backend', 'nccl')
     if backend != 'gloo':
-        raise SystemExit(f'--launcher pytorch on a machine without a GPU needs the gloo backend, '
-                         f'the config has {backend!r}: add '
-                         f'--cfg-options env_cfg.dist_cfg.backend=gloo')
+        raise SystemExit(
+            f'--launcher pytorch on a machine without a GPU needs the gloo backend, '
+            f'the config has {backend!r}: add '
+            f'--cfg-options env_cfg.dist_cfg.backend=gloo'
+        )
     if cfg.get('model_wrapper_cfg') is None:
         # torch's DDP refuses SyncBatchNorm layers in CPU modules (and SyncBN's statistics
         # are GPU-only): say which keys to switch, before any process waits for another.
         fix = [f'{key}.type=BN' for key in sync_bn_keys(cfg.model)]
         fix += ['sync_bn=None'] if cfg.get('sync_bn') else []
         if fix:
-            raise SystemExit('SyncBN needs GPUs (torch runs SyncBatchNorm, and DDP with it, on '
-                             'GPUs only); on CPU processes use plain BN: add --cfg-options '
-                             + ' '.join(fix))
-    if dist_cfg.get('timeout') is not None:  # seconds in configs, as mmengine's init_dist
-        dist_cfg['timeout'] = datetime.timedelta(seconds=dist_cfg['timeout'])
-    dist.init_process_group(backend='gloo', **dist_cfg)  # rank, world size: torchrun's env
-    wrapper = dict(cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,  # mmengine's defaults
-        find_unused_parameters=cfg.get('find_unused_parameters', False)))
-    wrapper.setdefault('device_ids', None)  # else mmengine passes [LOCAL_RANK]
-    cfg.model_wrapper_cfg = wrapper
+            raise SystemExit(
+                'SyncBN needs GPUs (torch runs SyncBatchNorm, and DDP with it, on '
+                'GPUs only); on CPU processes use plain BN: add --cfg-options ' + ' '.join(fix)
+            )
+    init_cpu_process_group(dist_cfg)  # rank, world size: torchrun's env
+    cfg.model_wrapper_cfg = cpu_ddp_wrapper_cfg(
+        cfg.get('model_wrapper_cfg'), cfg.get('find_unused_parameters', False)
+    )

@@ -1,4 +1,5 @@
 """Command-line options, config loading and runner building shared by tools/train.py and test.py."""
+
 import argparse
 import os
 import os.path as osp
@@ -14,12 +15,22 @@ from .runner import Runner
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--work-dir, --cfg-options, --launcher and --local-rank, as mmdet's tools have them."""
-    parser.add_argument('--work-dir', help='where logs (and checkpoints) go '
-                        '(default: ./work_dirs/<config name>)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config entries, e.g. train_cfg.max_epochs=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher (pytorch for torchrun)')
+    parser.add_argument(
+        '--work-dir', help='where logs (and checkpoints) go (default: ./work_dirs/<config name>)'
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        metavar='KEY=VALUE',
+        help='override config entries, e.g. train_cfg.max_epochs=1',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher (pytorch for torchrun)',
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
@@ -29,8 +40,9 @@ def parse_common_arguments(parser: argparse.ArgumentParser) -> argparse.Namespac
     return args
 
 
-def load_config(path: str, cfg_options: Optional[dict], launcher: str,
-                work_dir: Optional[str]) -> Config:
+def load_config(
+    path: str, cfg_options: Optional[dict], launcher: str, work_dir: Optional[str]
+) -> Config:
     """Read ``path``, apply ``--cfg-options``, set launcher and work dir (mmdet's conventions)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'config file {path!r} does not exist')
@@ -53,19 +65,25 @@ def build_runner(cfg: Config, mode: Optional[str] = None) -> Runner:
     class counts that contradict the model or a truncated/mismatched checkpoint raise an
     ``InputError`` that says what to fix, before anything runs. A ``type=`` no registry holds
     raises ``UnknownTypeError`` with the closest registered names.
+
+    The settings the checks compute (``check_data``'s: the label checks' class counts) are
+    merged into ``cfg`` here, and the checkpoint they read is handed to our Runner, which then
+    does not read the file again.
     """
     checkpoint = None
     if mode is not None:
-        check_data(cfg, mode)
+        cfg.merge_from_dict(check_data(cfg, mode))
         checkpoint = read_checkpoint(cfg)  # a truncated file fails before any build
     setup_cpu_distributed(cfg)  # torchrun without a GPU: gloo group, DDP without device ids
     try:
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     except KeyError as error:
-        explained = explain_registry_error(error)
+        explained = explain_registry_error(error, cfg, cfg.get('default_scope'))
         if explained is None:
             raise
         raise explained from None
     if checkpoint is not None:
         check_checkpoint_fits(cfg, runner.model, *checkpoint, mode)
+        if isinstance(runner, Runner):
+            runner.use_loaded_checkpoint(*checkpoint)
     return runner

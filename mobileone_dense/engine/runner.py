@@ -1,29 +1,33 @@
 """mmengine's Runner, able to resume from its own checkpoints on torch >= 2.6, saving them
 atomically and resuming exactly (RNG states) after a crash."""
+
 import glob
 import os
 import os.path as osp
 import random
 import zipfile
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.dist import get_world_size, is_main_process, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
-from mmengine.hooks import EMAHook
 from mmengine.runner import Runner as MMEngineRunner
 
 from ..converters.checkpoint_io import allow_mmengine_checkpoints, load_checkpoint_file
 from ..errors import CheckpointError
 from ..models.reparameterize import reparameterize
 from ..registry import RUNNERS
-from .deploy import fuse_to_load, replace_durably, unwrap_model
+from .compat import (
+    CHECKPOINT_POINTER,
+    checkpoint_plan,
+    ema_copies,
+    load_loaded_checkpoint,
+    mark_checkpoint_loaded,
+)
+from .deploy import reparameterize_to_load, replace_durably, unwrap_model
 
-
-# CheckpointHook writes the path of the last checkpoint into this file of the work dir.
-CHECKPOINT_POINTER = 'last_checkpoint'
 # message_hub key of the RNG states at the moment a checkpoint was written
 RNG_STATE_KEY = 'mobileone_dense_rng_state'
 
@@ -46,8 +50,9 @@ def checkpoint_problem(path: str) -> Optional[str]:
         return 'is empty'
     try:
         with allow_mmengine_checkpoints():
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True,
-                                    mmap=zipfile.is_zipfile(path))
+            checkpoint = torch.load(
+                path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
     except Exception as error:  # noqa: BLE001 (any failure means: not resumable)
         detail = (str(error).splitlines() or [''])[0]
         return f'cannot be loaded, truncated or corrupt ({type(error).__name__}: {detail})'
@@ -55,7 +60,7 @@ def checkpoint_problem(path: str) -> Optional[str]:
     if not isinstance(meta, dict) or 'iter' not in meta or 'state_dict' not in checkpoint:
         return 'is not an mmengine training checkpoint (no meta/state_dict)'
     if meta.get('mobileone_dense_deploy'):
-        return 'is a deploy (fused) checkpoint, not a training one'
+        return 'is a deploy checkpoint, not a training one'
     return None
 
 
@@ -94,8 +99,12 @@ def find_resumable_checkpoint(work_dir: str, logger=None) -> Optional[str]:
             reason = f'{pointer} is empty (the run was probably killed while writing it)'
     else:
         reason = f'there is no {pointer}'
-    candidates = {path for folder in folders for path in glob.glob(osp.join(folder, '*.pth'))
-                  if not path.endswith('_deploy.pth')}
+    candidates = {
+        path
+        for folder in folders
+        for path in glob.glob(osp.join(folder, '*.pth'))
+        if not path.endswith('_deploy.pth')
+    }
     for path in sorted(candidates, key=lambda p: (os.stat(p).st_mtime_ns, p), reverse=True):
         if checkpoint_problem(path) is None:
             log.warning(f'{reason}: resuming from the newest loadable checkpoint {path}')
@@ -104,7 +113,8 @@ def find_resumable_checkpoint(work_dir: str, logger=None) -> Optional[str]:
         raise CheckpointError(
             f'cannot resume: {reason}, and no other checkpoint in {sorted(set(folders))} loads. '
             f'Pass --resume CKPT with a checkpoint of this run, or delete {pointer} to train '
-            'from the start.')
+            'from the start.'
+        )
     if candidates:
         log.warning(f'{reason}, and none of {sorted(candidates)} loads: training from the start')
     else:
@@ -116,9 +126,17 @@ def rng_state() -> dict:
     """Python, numpy and torch (CPU and CUDA) RNG states, as tensors and plain numbers, so that
     ``weights_only`` loading accepts them."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = dict(python=random.getstate(), torch=torch.get_rng_state(),
-                 numpy=(name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                        float(cached)))
+    state = dict(
+        python=random.getstate(),
+        torch=torch.get_rng_state(),
+        numpy=(
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ),
+    )
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -130,8 +148,11 @@ def set_rng_state(state: dict) -> None:
     name, keys, pos, has_gauss, cached = state['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available() and \
-            len(state['cuda']) == torch.cuda.device_count():
+    if (
+        'cuda' in state
+        and torch.cuda.is_available()
+        and len(state['cuda']) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
@@ -143,8 +164,9 @@ def describe_device(model: nn.Module) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f'cuda:{index} ({torch.cuda.get_device_name(index)})'
     if device.type == 'cpu' and not torch.cuda.is_available():
-        return (f'cpu (torch {torch.__version__} sees no CUDA GPU: '
-                'torch.cuda.is_available() is False)')
+        return (
+            f'cpu (torch {torch.__version__} sees no CUDA GPU: torch.cuda.is_available() is False)'
+        )
     return str(device)
 
 
@@ -168,7 +190,14 @@ class Runner(MMEngineRunner):
     - ``--resume`` without a path survives an empty/broken ``last_checkpoint`` and a missing or
       truncated checkpoint (see :func:`find_resumable_checkpoint`), and removes stale ``.part``
       files.
+
+    A checkpoint file is read once per load (``load_checkpoint``), and not at all when
+    :meth:`use_loaded_checkpoint` handed it over already read (``launch.build_runner``'s checks
+    read it first).
     """
+
+    # (path, checkpoint) read before the runner was built, for the next load of that path
+    _loaded_checkpoint: Optional[Tuple[str, dict]] = None
 
     def wrap_model(self, model_wrapper_cfg, model: nn.Module) -> nn.Module:
         """``Runner.wrap_model`` (moves the model to mmengine's device, wraps it for DDP), then
@@ -178,35 +207,73 @@ class Runner(MMEngineRunner):
         self.logger.info(f'model on {describe_device(unwrap_model(model))}')
         return model
 
-    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
-                        revise_keys=((r'^module.', ''),)):
+    def load_checkpoint(
+        self,
+        filename: str,
+        map_location='cpu',
+        strict: bool = False,
+        revise_keys=((r'^module.', ''),),
+    ):
         """``Runner.load_checkpoint``; ``Runner.resume`` and ``load_from`` both go through it.
 
-        A wholly fused deploy checkpoint (``ReparameterizeHook`` / ``tools/reparameterize.py``)
-        has no BN entries for the neck/head: the model (and EMAHook's copy, whose parameters
-        are swapped with the model's by position) is fused first, and the load is strict.
+        A deploy checkpoint (``ReparameterizeHook`` / ``tools/reparameterize.py``) has no BN
+        entries for the neck/head: the model (and EMAHook's copy, whose parameters are swapped
+        with the model's by position) is re-parameterized first, and the load is strict.
+
+        A local file is read once (on the CPU: loading copies the weights to the model's device,
+        and the optimizer moves its state to its parameters'), or taken from
+        :meth:`use_loaded_checkpoint`; other locations go through mmengine's loader.
         """
-        with allow_mmengine_checkpoints():
-            if osp.isfile(filename) and fuse_to_load(
-                    unwrap_model(self.model), load_checkpoint_file(filename, run_checkpoint=True)):
-                for hook in self.hooks:
-                    if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
-                        reparameterize(hook.ema_model.module)
-                strict = True
-            return super().load_checkpoint(filename, map_location=map_location, strict=strict,
-                                           revise_keys=list(revise_keys))
+        loaded, self._loaded_checkpoint = self._loaded_checkpoint, None
+        if loaded is not None and loaded[0] == filename:
+            checkpoint = loaded[1]
+        elif osp.isfile(filename):
+            checkpoint = load_checkpoint_file(filename, run_checkpoint=True)
+        else:
+            with allow_mmengine_checkpoints():
+                return super().load_checkpoint(
+                    filename,
+                    map_location=map_location,
+                    strict=strict,
+                    revise_keys=list(revise_keys),
+                )
+        if reparameterize_to_load(unwrap_model(self.model), checkpoint):
+            for ema_copy in ema_copies(self):
+                reparameterize(ema_copy)
+            strict = True
+        return load_loaded_checkpoint(self, checkpoint, filename, strict, revise_keys)
+
+    def use_loaded_checkpoint(self, filename: str, checkpoint: dict) -> None:
+        """Let the next :meth:`load_checkpoint` of ``filename`` use ``checkpoint`` (that file,
+        already read with ``load_checkpoint_file(filename, run_checkpoint=True)``) instead of
+        reading it again."""
+        self._loaded_checkpoint = (filename, checkpoint)
 
     @master_only
-    def save_checkpoint(self, out_dir: str, filename: str, file_client_args=None,
-                        save_optimizer: bool = True, save_param_scheduler: bool = True,
-                        meta: Optional[dict] = None, by_epoch: bool = True,
-                        backend_args: Optional[dict] = None) -> None:
+    def save_checkpoint(
+        self,
+        out_dir: str,
+        filename: str,
+        file_client_args=None,
+        save_optimizer: bool = True,
+        save_param_scheduler: bool = True,
+        meta: Optional[dict] = None,
+        by_epoch: bool = True,
+        backend_args: Optional[dict] = None,
+    ) -> None:
         """``Runner.save_checkpoint``, atomic for local folders; also records the RNG states."""
         self.message_hub.update_info(RNG_STATE_KEY, rng_state())
-        args = (file_client_args, save_optimizer, save_param_scheduler, meta, by_epoch,
-                backend_args)
+        args = (
+            file_client_args,
+            save_optimizer,
+            save_param_scheduler,
+            meta,
+            by_epoch,
+            backend_args,
+        )
         if file_client_args is not None or not isinstance(
-                get_file_backend(out_dir, backend_args=backend_args), LocalBackend):
+            get_file_backend(out_dir, backend_args=backend_args), LocalBackend
+        ):
             return super().save_checkpoint(out_dir, filename, *args)  # object stores: as is
         tmp_name = partial_path(filename)
         tmp, path = osp.join(out_dir, tmp_name), osp.join(out_dir, filename)
@@ -220,22 +287,28 @@ class Runner(MMEngineRunner):
 
     def load_or_resume(self) -> None:
         """``Runner.load_or_resume``, with a robust choice of the checkpoint for ``--resume``."""
-        if self._has_loaded or not self._resume:
+        has_loaded, resume, load_from = checkpoint_plan(self)
+        if has_loaded or not resume:
             return super().load_or_resume()
         if is_main_process():
             for stale in glob.glob(osp.join(self.work_dir, '.*.part')):
                 self.logger.info(f'removing {stale}, left by a run killed while saving')
                 os.remove(stale)
-        if self._load_from is not None:  # an explicit --resume CKPT: no guessing
+        if load_from is not None:  # an explicit --resume CKPT: no guessing
             return super().load_or_resume()
         resume_from = find_resumable_checkpoint(self.work_dir, self.logger)
         if resume_from is not None:
             self.logger.info(f'Auto resumed from the latest checkpoint {resume_from}.')
             self.resume(resume_from)
-        self._has_loaded = True
+        mark_checkpoint_loaded(self)
 
-    def resume(self, filename: str, resume_optimizer: bool = True,
-               resume_param_scheduler: bool = True, map_location='default') -> None:
+    def resume(
+        self,
+        filename: str,
+        resume_optimizer: bool = True,
+        resume_param_scheduler: bool = True,
+        map_location='default',
+    ) -> None:
         """``Runner.resume``, also restoring the RNG states saved with the checkpoint.
 
         Only in non-distributed runs: the states are rank 0's, and every rank must keep its

@@ -4,6 +4,7 @@ At train time a block is ``act(se(sum of branches))`` with k conv-BN branches, a
 branch (kernel > 1 only) and a BN-only identity branch (in == out channels, stride 1). All branches
 are linear, so ``reparameterize()`` folds them into one conv with bias (paper, section 3.3).
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -37,11 +38,31 @@ class SqueezeExcite(nn.Module):
 class ConvNorm(nn.Sequential):
     """Conv (no bias) followed by a norm layer; children named ``conv`` and ``bn``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 padding: int, dilation: int, groups: int, norm_cfg: dict) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        groups: int,
+        norm_cfg: dict,
+    ) -> None:
         super().__init__()
-        self.add_module('conv', nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                                          dilation=dilation, groups=groups, bias=False))
+        self.add_module(
+            'conv',
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation=dilation,
+                groups=groups,
+                bias=False,
+            ),
+        )
         self.add_module('bn', build_norm_layer(norm_cfg, out_channels)[1])
 
 
@@ -50,18 +71,23 @@ def fold_batch_norm(kernel: torch.Tensor, bn: nn.Module) -> Tuple[torch.Tensor, 
     of the package (MobileOne branches here, Conv+BN pairs in ``reparameterize``).
 
     Raises :class:`~mobileone_dense.errors.FoldingError` for a norm that is not a BatchNorm or
-    has no running statistics. Returns ``(kernel * gamma / sigma, beta - mu * gamma / sigma)`` computed in float64.
+    has no running statistics. Returns ``(kernel * gamma / sigma, beta - mu * gamma / sigma)``
+    computed in float64.
     We do not use ``mmcv.cnn.fuse_conv_bn``: it rewrites Conv->BN module pairs in place, while a
     MobileOne block needs each branch's (kernel, bias) to sum them, including a BN-only branch.
     """
     if not isinstance(bn, _BatchNorm):
-        raise FoldingError(f'cannot fold {type(bn).__name__} into a convolution: only BatchNorm '
-                        '(BN, SyncBN) layers can be re-parameterized; use norm_cfg=dict(type="BN") '
-                        'or dict(type="SyncBN")')
+        raise FoldingError(
+            f'cannot fold {type(bn).__name__} into a convolution: only BatchNorm '
+            '(BN, SyncBN) layers can be re-parameterized; use norm_cfg=dict(type="BN") '
+            'or dict(type="SyncBN")'
+        )
     if bn.running_mean is None or bn.running_var is None:
-        raise FoldingError(f'cannot fold {type(bn).__name__} without running statistics '
-                           '(track_running_stats=False): build the model with '
-                           'track_running_stats=True and train it so the statistics exist')
+        raise FoldingError(
+            f'cannot fold {type(bn).__name__} without running statistics '
+            '(track_running_stats=False): build the model with '
+            'track_running_stats=True and train it so the statistics exist'
+        )
     std = (bn.running_var.double() + bn.eps).sqrt()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(std)
@@ -80,16 +106,27 @@ class MobileOneBlock(nn.Module):
         num_conv_branches: the trivial over-parameterization factor k of the paper.
         use_se: squeeze-excite before the activation.
         norm_cfg: mmcv norm config of every branch (BN or SyncBN).
-        deploy: build the fused single conv directly (for loading fused weights).
+        deploy: build the deploy form (one conv) directly (for loading deploy weights).
         identity: whether to add the BN identity branch; None (default): when in == out channels
             and stride 1.
     """
+
     __jit_unused_properties__ = ['deploy']
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 dilation: int = 1, groups: int = 1, num_conv_branches: int = 1,
-                 use_se: bool = False, norm_cfg: Optional[dict] = None, deploy: bool = False,
-                 identity: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        num_conv_branches: int = 1,
+        use_se: bool = False,
+        norm_cfg: Optional[dict] = None,
+        deploy: bool = False,
+        identity: Optional[bool] = None,
+    ) -> None:
         super().__init__()
         if num_conv_branches < 1:
             raise ValueError(f'num_conv_branches must be >= 1, got {num_conv_branches}')
@@ -111,16 +148,27 @@ class MobileOneBlock(nn.Module):
         self.scale_branch: Optional[ConvNorm] = None
         self.identity_branch: Optional[nn.Module] = None
         if deploy:
-            self.reparam_conv = self._make_fused_conv()
+            self.reparam_conv = self._make_deploy_conv()
             return
         self.conv_branches = nn.ModuleList(
-            ConvNorm(in_channels, out_channels, kernel_size, stride, self.padding, dilation, groups,
-                     norm_cfg) for _ in range(num_conv_branches))
+            ConvNorm(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                self.padding,
+                dilation,
+                groups,
+                norm_cfg,
+            )
+            for _ in range(num_conv_branches)
+        )
         if kernel_size > 1:
             # A 1x1 conv with no padding reads the same pixel as the centre tap of the dilated
             # k x k kernel with padding d*(k-1)/2, so it folds exactly whatever the dilation.
-            self.scale_branch = ConvNorm(in_channels, out_channels, 1, stride, 0, 1, groups,
-                                         norm_cfg)
+            self.scale_branch = ConvNorm(
+                in_channels, out_channels, 1, stride, 0, 1, groups, norm_cfg
+            )
         if identity is None:
             identity = in_channels == out_channels and stride == 1
         elif identity and not (in_channels == out_channels and stride == 1):
@@ -130,12 +178,20 @@ class MobileOneBlock(nn.Module):
 
     @property
     def deploy(self) -> bool:
-        """Whether the block is in its fused (single conv) form."""
+        """Whether the block is in its deploy (single conv) form."""
         return self.reparam_conv is not None
 
-    def _make_fused_conv(self) -> nn.Conv2d:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.padding, dilation=self.dilation, groups=self.groups, bias=True)
+    def _make_deploy_conv(self) -> nn.Conv2d:
+        return nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=True,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, out_channels, H', W')."""
@@ -151,13 +207,14 @@ class MobileOneBlock(nn.Module):
             out = out + self.identity_branch(x)
         return self.act(self.se(out))
 
-    def fused_kernel_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def deploy_kernel_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The single (kernel, bias) equivalent to the sum of all branches in eval mode
         (float64)."""
         k = self.kernel_size
         centre = k // 2
-        kernel = torch.zeros(self.out_channels, self.in_channels // self.groups, k, k,
-                             dtype=torch.float64)
+        kernel = torch.zeros(
+            self.out_channels, self.in_channels // self.groups, k, k, dtype=torch.float64
+        )
         bias = torch.zeros(self.out_channels, dtype=torch.float64)
         assert self.conv_branches is not None
         for branch in self.conv_branches:
@@ -165,7 +222,7 @@ class MobileOneBlock(nn.Module):
             kernel, bias = kernel + w.cpu(), bias + b.cpu()
         if self.scale_branch is not None:
             w, b = fold_batch_norm(self.scale_branch.conv.weight, self.scale_branch.bn)
-            kernel[:, :, centre:centre + 1, centre:centre + 1] += w.cpu()
+            kernel[:, :, centre : centre + 1, centre : centre + 1] += w.cpu()
             bias += b.cpu()
         if self.identity_branch is not None:
             # Identity as a centred one-hot kernel: output channel i reads input channel i, which
@@ -179,8 +236,8 @@ class MobileOneBlock(nn.Module):
         return kernel, bias
 
     @torch.no_grad()
-    def init_from_fused(self, kernel: torch.Tensor, bias: torch.Tensor) -> None:
-        """Set the train-time branches so that, in eval mode, the block computes the fused block
+    def init_from_deploy(self, kernel: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the train-time branches so that, in eval mode, the block computes the deploy block
         ``act(se(conv(x, kernel) + bias))`` exactly (up to float rounding).
 
         The first conv branch carries the function: its conv gets ``kernel``, its BN is the
@@ -192,13 +249,18 @@ class MobileOneBlock(nn.Module):
         ``kernel``: ``(out_channels, in_channels / groups, k, k)``; ``bias``: ``(out_channels,)``.
         """
         if self.reparam_conv is not None:
-            raise RuntimeError('init_from_fused needs the train-time branches; this block is '
-                               'fused (deploy=True): load the fused weights directly')
+            raise RuntimeError(
+                'init_from_deploy needs the train-time branches; this block is '
+                'in deploy form (deploy=True): load the deploy weights directly'
+            )
         carrier = self.conv_branches[0]
         if tuple(kernel.shape) != tuple(carrier.conv.weight.shape) or tuple(bias.shape) != (
-                self.out_channels, ):
-            raise ValueError(f'fused kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)} do '
-                             f'not fit this block ({self.extra_repr()})')
+            self.out_channels,
+        ):
+            raise ValueError(
+                f'deploy kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)} do '
+                f'not fit this block ({self.extra_repr()})'
+            )
         norms = [branch.bn for branch in self.conv_branches]
         if self.scale_branch is not None:
             norms.append(self.scale_branch.bn)
@@ -206,8 +268,10 @@ class MobileOneBlock(nn.Module):
             norms.append(self.identity_branch)
         for i, bn in enumerate(norms):
             if not isinstance(bn, _BatchNorm) or bn.weight is None or bn.running_var is None:
-                raise TypeError(f'cannot initialize {type(bn).__name__} from fused weights: the '
-                                'branches need affine BN with running statistics')
+                raise TypeError(
+                    f'cannot initialize {type(bn).__name__} from deploy weights: the '
+                    'branches need affine BN with running statistics'
+                )
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0)
             bn.weight.fill_((1.0 + bn.eps) ** 0.5 if i == 0 else 0.0)
@@ -219,9 +283,9 @@ class MobileOneBlock(nn.Module):
         """Fold all branches into ``reparam_conv`` and drop them. Idempotent."""
         if self.reparam_conv is not None:
             return
-        kernel, bias = self.fused_kernel_and_bias()
+        kernel, bias = self.deploy_kernel_and_bias()
         reference = self.conv_branches[0].conv.weight
-        conv = self._make_fused_conv().to(device=reference.device, dtype=reference.dtype)
+        conv = self._make_deploy_conv().to(device=reference.device, dtype=reference.dtype)
         conv.weight.copy_(kernel.to(reference.dtype))
         conv.bias.copy_(bias.to(reference.dtype))
         self.reparam_conv = conv
@@ -230,6 +294,8 @@ class MobileOneBlock(nn.Module):
         self.identity_branch = None
 
     def extra_repr(self) -> str:
-        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
-                f'stride={self.stride}, dilation={self.dilation}, groups={self.groups}, '
-                f'num_conv_branches={self.num_conv_branches}, deploy={self.deploy}')
+        return (
+            f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+            f'stride={self.stride}, dilation={self.dilation}, groups={self.groups}, '
+            f'num_conv_branches={self.num_conv_branches}, deploy={self.deploy}'
+        )

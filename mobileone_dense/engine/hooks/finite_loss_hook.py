@@ -1,4 +1,5 @@
 """Stop training at the first non-finite loss, before anything saves the broken weights."""
+
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -7,6 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 
 from ...registry import HOOKS
+from ..compat import last_checkpoint
 
 
 def loss_terms(outputs: Optional[dict]) -> Dict[str, torch.Tensor]:
@@ -20,8 +22,12 @@ def loss_terms(outputs: Optional[dict]) -> Dict[str, torch.Tensor]:
         if 'loss' not in key:
             continue  # e.g. 'acc' may be NaN legitimately (no positives in the batch)
         values = value if isinstance(value, (list, tuple)) else [value]
-        tensors = [v.detach().float().reshape(-1) if isinstance(v, torch.Tensor)
-                   else torch.tensor([float(v)]) for v in values]
+        tensors = [
+            v.detach().float().reshape(-1)
+            if isinstance(v, torch.Tensor)
+            else torch.tensor([float(v)])
+            for v in values
+        ]
         if tensors:
             terms[key] = torch.cat([t.to(tensors[0].device) for t in tensors])
     return terms
@@ -43,8 +49,9 @@ class FiniteLossHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs: Optional[dict] = None) -> None:
+    def after_train_iter(
+        self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None
+    ) -> None:
         terms = loss_terms(outputs)
         if not terms:
             return
@@ -59,7 +66,8 @@ class FiniteLossHook(Hook):
             if flag.item() and not bad:
                 raise FloatingPointError(
                     f'another rank got a non-finite loss at iteration {runner.iter + 1}; '
-                    'stopped with it (see its log for the loss terms)')
+                    'stopped with it (see its log for the loss terms)'
+                )
         if bad:
             message = self.message(runner, batch_idx, terms, bad)
             runner.logger.error(message)
@@ -75,13 +83,18 @@ class FiniteLossHook(Hook):
         for key in bad:
             shown = terms[key][:4].tolist()
             values.append(f'{key}={shown[0] if len(shown) == 1 else shown}')
-        last = runner.message_hub.get_info('last_ckpt')
-        saved = (f'The last checkpoint, written before this iteration, is {last}; '
-                 '`tools/train.py CONFIG --resume` restarts from it.' if last else
-                 'No checkpoint was written yet.')
-        return (f'the loss is not finite at {where}: {", ".join(values)}. Training stopped before '
-                f'these weights were saved. {saved} Try: a lower learning rate '
-                '(optim_wrapper.optimizer.lr, or --auto-scale-lr for a smaller batch), gradient '
-                'clipping (optim_wrapper.clip_grad=dict(max_norm=10.)), a longer warm-up, or '
-                'check the data of this iteration (empty or degenerate boxes/masks, corrupt '
-                'images, labels out of range).')
+        last = last_checkpoint(runner)
+        saved = (
+            f'The last checkpoint, written before this iteration, is {last}; '
+            '`tools/train.py CONFIG --resume` restarts from it.'
+            if last
+            else 'No checkpoint was written yet.'
+        )
+        return (
+            f'the loss is not finite at {where}: {", ".join(values)}. Training stopped before '
+            f'these weights were saved. {saved} Try: a lower learning rate '
+            '(optim_wrapper.optimizer.lr, or --auto-scale-lr for a smaller batch), gradient '
+            'clipping (optim_wrapper.clip_grad=dict(max_norm=10.)), a longer warm-up, or '
+            'check the data of this iteration (empty or degenerate boxes/masks, corrupt '
+            'images, labels out of range).'
+        )

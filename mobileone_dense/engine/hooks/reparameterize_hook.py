@@ -1,4 +1,6 @@
-"""One hook, for detection, segmentation and classification: validate, test and ship the fused model."""
+"""One hook, for detection, segmentation and classification: validate, test and ship the deploy
+model."""
+
 import copy
 import os.path as osp
 from typing import Dict, Optional
@@ -7,66 +9,83 @@ import torch
 import torch.nn as nn
 from mmengine.dist import broadcast, get_world_size, is_main_process
 from mmengine.hooks import EMAHook, Hook
+from mmengine.utils import deprecated_api_warning
 
-from ...models.blocks import MobileOneBlock
-from ...models.reparameterize import reparameterize
+from ...models.reparameterize import in_deploy_form, reparameterize
 from ...registry import HOOKS
-from ..deploy import (atomic_dump_config, atomic_save, deploy_checkpoint, deploy_config,
-                      max_relative_difference, output_tensors, unwrap_model)
-
-
-def has_branches(model: nn.Module) -> bool:
-    """Whether ``model`` holds any MobileOne block that is not fused yet."""
-    return any(isinstance(m, MobileOneBlock) and not m.deploy for m in model.modules())
+from ..compat import last_checkpoint
+from ..deploy import (
+    atomic_dump_config,
+    atomic_save,
+    deploy_checkpoint,
+    deploy_config,
+    max_relative_difference,
+    output_tensors,
+    unwrap_model,
+)
 
 
 @HOOKS.register_module()
 class ReparameterizeHook(Hook):
-    """Evaluate and export what will be deployed: the re-parameterized (fused) model.
+    """Evaluate and export what will be deployed: the re-parameterized (deploy) model.
 
-    - Validation during training runs on a fused *copy* (the training model, its branches and the
-      optimizer state are untouched); with ``EMAHook`` the copy is made from the EMA weights.
-    - Testing fuses the model in place (and EMAHook's averaged copy, so its weight swap still
-      pairs up).
-    - After training, writes ``<last checkpoint>_deploy.pth`` (fused weights only; EMA weights
+    - Validation during training runs on a deploy *copy* (the training model, its branches and
+      the optimizer state are untouched); with ``EMAHook`` the copy is made from the EMA weights.
+    - Testing re-parameterizes the model in place (and EMAHook's averaged copy, so its weight
+      swap still pairs up).
+    - After training, writes ``<last checkpoint>_deploy.pth`` (deploy weights only; EMA weights
       when EMA is on) and ``<config name>_deploy.py`` (``deploy=True`` backbone, ``load_from``
-      set), and logs the fused-vs-unfused difference on one real validation batch.
+      set), and logs the deploy-vs-train-time difference on one real validation batch.
 
     Priority ``LOW`` runs it after ``EMAHook`` (``NORMAL``) in every event: EMA swaps the averaged
     weights in before we copy, and back after we restored the training model.
 
     Args:
-        fuse_val: validate the fused copy during training.
-        fuse_test: fuse before testing.
+        deploy_val: validate the deploy copy during training.
+        deploy_test: re-parameterize the model before testing.
         save_deploy: write the deploy checkpoint and config after training.
-        check_fusion: measure and log the fused-vs-unfused difference after training.
+        check_deploy: measure and log the deploy-vs-train-time difference after training.
+
+    The former names ``fuse_val``, ``fuse_test`` and ``check_fusion`` are still accepted, with a
+    ``DeprecationWarning`` naming the new one.
     """
 
     priority = 'LOW'
 
-    def __init__(self, fuse_val: bool = True, fuse_test: bool = True, save_deploy: bool = True,
-                 check_fusion: bool = True) -> None:
-        self.fuse_val = fuse_val
-        self.fuse_test = fuse_test
+    @deprecated_api_warning(
+        dict(fuse_val='deploy_val', fuse_test='deploy_test', check_fusion='check_deploy'),
+        cls_name='ReparameterizeHook',
+    )
+    def __init__(
+        self,
+        deploy_val: bool = True,
+        deploy_test: bool = True,
+        save_deploy: bool = True,
+        check_deploy: bool = True,
+    ) -> None:
+        self.deploy_val = deploy_val
+        self.deploy_test = deploy_test
         self.save_deploy = save_deploy
-        self.check_fusion = check_fusion
+        self.check_deploy = check_deploy
         self._training_model: Optional[nn.Module] = None
         self._active = True
-        self.last_fusion_error: Optional[float] = None
+        self.last_deploy_error: Optional[float] = None
         self.deploy_files: Dict[str, str] = {}
 
     def before_run(self, runner) -> None:
-        self._active = has_branches(unwrap_model(runner.model))
+        self._active = not in_deploy_form(unwrap_model(runner.model))
         if not self._active:
-            runner.logger.info('ReparameterizeHook: the model has no re-parameterizable branches '
-                               '(already fused, or no MobileOne parts); nothing to do.')
+            runner.logger.info(
+                'ReparameterizeHook: the model has no re-parameterizable branches '
+                '(already in deploy form, or no MobileOne parts); nothing to do.'
+            )
 
     def _ema_hook(self, runner) -> Optional[EMAHook]:
         return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
 
-    # -- validation during training: a fused copy is swapped in for the loop -----------------
+    # -- validation during training: a deploy copy is swapped in for the loop ----------------
     def before_val_epoch(self, runner) -> None:
-        if not (self._active and self.fuse_val):
+        if not (self._active and self.deploy_val):
             return
         # EMAHook (higher priority) has already swapped the averaged weights into the model.
         model = copy.deepcopy(unwrap_model(runner.model))
@@ -75,9 +94,8 @@ class ReparameterizeHook(Hook):
             # parameters equal, not the buffers (BN running statistics, per-rank batches).
             for buffer in model.buffers():
                 broadcast(buffer, src=0)
-        fused = reparameterize(model)
         self._training_model = runner.model
-        runner.model = fused
+        runner.model = reparameterize(model)
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
         self._restore(runner)
@@ -90,9 +108,9 @@ class ReparameterizeHook(Hook):
             runner.model = self._training_model
             self._training_model = None
 
-    # -- testing: fuse in place ------------------------------------------------------------
+    # -- testing: re-parameterize in place ----------------------------------------------------
     def before_test_epoch(self, runner) -> None:
-        if not (self._active and self.fuse_test):
+        if not (self._active and self.deploy_test):
             return
         reparameterize(unwrap_model(runner.model))
         ema_hook = self._ema_hook(runner)
@@ -100,54 +118,60 @@ class ReparameterizeHook(Hook):
             # EMAHook swaps parameters back after the test by zipping both models' parameter
             # lists: they must keep the same structure.
             reparameterize(ema_hook.ema_model.module)
-        runner.logger.info('ReparameterizeHook: testing the re-parameterized (fused) model.')
+        runner.logger.info('ReparameterizeHook: testing the re-parameterized (deploy) model.')
 
     # -- after training: deploy checkpoint + config ----------------------------------------
     def after_train(self, runner) -> None:
-        if not self._active or not (self.save_deploy or self.check_fusion):
+        if not self._active or not (self.save_deploy or self.check_deploy):
             return
         ema_hook = self._ema_hook(runner)
-        source = (ema_hook.ema_model.module if ema_hook is not None and hasattr(ema_hook, 'ema_model')
-                  else unwrap_model(runner.model))
-        unfused = copy.deepcopy(source).eval()
-        fused = reparameterize(copy.deepcopy(source)).eval()
-        if self.check_fusion:
-            self.last_fusion_error = self._fusion_error(runner, unfused, fused)
-            if self.last_fusion_error is not None:
+        source = (
+            ema_hook.ema_model.module
+            if ema_hook is not None and hasattr(ema_hook, 'ema_model')
+            else unwrap_model(runner.model)
+        )
+        train_time = copy.deepcopy(source).eval()
+        deploy = reparameterize(copy.deepcopy(source)).eval()
+        if self.check_deploy:
+            self.last_deploy_error = self._deploy_error(runner, train_time, deploy)
+            if self.last_deploy_error is not None:
                 runner.logger.info(
-                    'ReparameterizeHook: fused vs unfused model on a validation batch: max '
-                    f'relative difference {self.last_fusion_error:.2e}'
-                    f'{" (EMA weights)" if ema_hook is not None else ""}')
+                    'ReparameterizeHook: deploy vs train-time model on a validation batch: max '
+                    f'relative difference {self.last_deploy_error:.2e}'
+                    f'{" (EMA weights)" if ema_hook is not None else ""}'
+                )
         if self.save_deploy and is_main_process():  # one writer in distributed runs
-            self._save(runner, fused, ema=ema_hook is not None)
+            self._save(runner, deploy, ema=ema_hook is not None)
 
     @torch.no_grad()
-    def _fusion_error(self, runner, unfused: nn.Module, fused: nn.Module) -> Optional[float]:
+    def _deploy_error(self, runner, train_time: nn.Module, deploy: nn.Module) -> Optional[float]:
         loop = runner.val_loop if runner.val_loop is not None else runner.train_loop
         try:
             batch = next(iter(loop.dataloader))
         except StopIteration:
             return None
-        data = unfused.data_preprocessor(batch, False)
-        reference = output_tensors(unfused(**data, mode='tensor'))
-        outputs = output_tensors(fused(**data, mode='tensor'))
+        data = train_time.data_preprocessor(batch, False)
+        reference = output_tensors(train_time(**data, mode='tensor'))
+        outputs = output_tensors(deploy(**data, mode='tensor'))
         return max_relative_difference(outputs, reference)
 
-    def _save(self, runner, fused: nn.Module, ema: bool) -> None:
-        last = osp.join(runner.work_dir, 'last_checkpoint')
-        if osp.isfile(last):
-            with open(last) as f:
-                stem = osp.splitext(f.read().strip())[0]
-        else:
-            stem = osp.join(runner.work_dir, f'iter_{runner.iter}')
+    def _save(self, runner, deploy: nn.Module, ema: bool) -> None:
+        last = last_checkpoint(runner)  # CheckpointHook's, of this run
+        stem = osp.splitext(last)[0] if last else osp.join(runner.work_dir, f'iter_{runner.iter}')
         checkpoint_path = f'{stem}_deploy.pth'
-        meta = dict(epoch=runner.epoch, iter=runner.iter, ema=ema,
-                    fusion_error=self.last_fusion_error,
-                    dataset_meta=getattr(runner.train_dataloader.dataset, 'metainfo', None))
-        atomic_save(deploy_checkpoint(fused, meta), checkpoint_path)
+        meta = dict(
+            epoch=runner.epoch,
+            iter=runner.iter,
+            ema=ema,
+            deploy_error=self.last_deploy_error,
+            dataset_meta=getattr(runner.train_dataloader.dataset, 'metainfo', None),
+        )
+        atomic_save(deploy_checkpoint(deploy, meta), checkpoint_path)
         cfg_name = osp.splitext(osp.basename(runner.cfg.filename or 'config.py'))[0]
         config_path = osp.join(runner.work_dir, f'{cfg_name}_deploy.py')
         atomic_dump_config(deploy_config(runner.cfg, checkpoint_path), config_path)
         self.deploy_files = dict(checkpoint=checkpoint_path, config=config_path)
-        runner.logger.info(f'ReparameterizeHook: wrote the fused model to {checkpoint_path} and '
-                           f'its config to {config_path}')
+        runner.logger.info(
+            f'ReparameterizeHook: wrote the deploy model to {checkpoint_path} and '
+            f'its config to {config_path}'
+        )

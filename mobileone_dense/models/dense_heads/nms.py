@@ -9,6 +9,7 @@ kernels for CPU and CUDA: :func:`batched_nms` is mmcv's ``batched_nms`` (mmcv 2.
 keeps the same boxes, in the same order, with the same scores (``tests/test_nms.py`` compares
 the two, ties and the per-class path above ``split_thr`` included).
 """
+
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -20,8 +21,14 @@ from torchvision.ops import nms as torchvision_nms
 DEFAULT_SPLIT_THR = 10000
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, offset: int = 0,
-        score_threshold: float = 0, max_num: int = -1) -> Tuple[Tensor, Tensor]:
+def nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    offset: int = 0,
+    score_threshold: float = 0,
+    max_num: int = -1,
+) -> Tuple[Tensor, Tensor]:
     """Greedy NMS of ``boxes`` (N, 4) x1y1x2y2 with ``scores`` (N,); mmcv's ``nms`` contract.
 
     Returns ``dets`` (K, 5): the kept boxes with their score as the last column, and ``keep``
@@ -34,8 +41,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, offset: int = 0,
     boxes.
     """
     if offset != 0:
-        raise ValueError(f'nms offset={offset} (legacy "+1" box widths) is not supported by the '
-                         'torchvision kernel; use offset=0 (the mmdet 3.x default)')
+        raise ValueError(
+            f'nms offset={offset} (legacy "+1" box widths) is not supported by the '
+            'torchvision kernel; use offset=0 (the mmdet 3.x default)'
+        )
     candidates, candidate_scores, valid_inds = boxes, scores, None
     if score_threshold > 0:
         valid_mask = scores > score_threshold
@@ -51,8 +60,13 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, offset: int = 0,
     return torch.cat((boxes[keep], scores[keep].reshape(-1, 1)), dim=1), keep
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, nms_cfg: Optional[Dict],
-                class_agnostic: bool = False) -> Tuple[Tensor, Tensor]:
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    nms_cfg: Optional[Dict],
+    class_agnostic: bool = False,
+) -> Tuple[Tensor, Tensor]:
     """NMS within each group of ``idxs`` (class labels); mmcv's ``batched_nms`` contract.
 
     Args:
@@ -75,9 +89,11 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, nms_cfg: Optional[D
     nms_cfg = dict(nms_cfg)
     nms_type = nms_cfg.pop('type', 'nms')
     if nms_type not in ('nms', nms):
-        raise ValueError(f'test_cfg.nms.type={nms_type!r}: mobileone_dense runs plain NMS '
-                         "through torchvision on every device; use type='nms' (soft-NMS and "
-                         "other mmcv variants need mmcv's compiled ops on the device)")
+        raise ValueError(
+            f'test_cfg.nms.type={nms_type!r}: mobileone_dense runs plain NMS '
+            "through torchvision on every device; use type='nms' (soft-NMS and "
+            "other mmcv variants need mmcv's compiled ops on the device)"
+        )
     if boxes.size(-1) != 4:
         raise ValueError(f'batched_nms takes (N, 4) x1y1x2y2 boxes, got {tuple(boxes.shape)}')
     if boxes.numel() == 0:

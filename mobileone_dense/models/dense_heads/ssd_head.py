@@ -1,4 +1,5 @@
 """mmdet's SSDHead with inference fixed and NMS that runs on any device."""
+
 from typing import Optional
 
 from mmdet.models.dense_heads import SSDHead as MMDetSSDHead
@@ -30,9 +31,14 @@ class SSDHead(MMDetSSDHead):
         super().__init__(*args, **kwargs)
         self.loss_cls = None
 
-    def _bbox_post_process(self, results: InstanceData, cfg: ConfigDict, rescale: bool = False,
-                           with_nms: bool = True, img_meta: Optional[dict] = None
-                           ) -> InstanceData:
+    def _bbox_post_process(
+        self,
+        results: InstanceData,
+        cfg: ConfigDict,
+        rescale: bool = False,
+        with_nms: bool = True,
+        img_meta: Optional[dict] = None,
+    ) -> InstanceData:
         """``BaseDenseHead._bbox_post_process`` (mmdet 3.3.0), with :func:`.nms.batched_nms`.
 
         Rescales the boxes to the original image, drops boxes not wider and taller than
@@ -55,5 +61,5 @@ class SSDHead(MMDetSSDHead):
             det_bboxes, keep_idxs = batched_nms(bboxes, results.scores, results.labels, cfg.nms)
             results = results[keep_idxs]
             results.scores = det_bboxes[:, -1]
-            results = results[:cfg.max_per_img]
+            results = results[: cfg.max_per_img]
         return results

@@ -1,4 +1,5 @@
 """Check that re-parameterization preserves a model's outputs."""
+
 import copy
 from typing import Optional, Sequence, Union
 
@@ -12,8 +13,9 @@ from ..models.reparameterize import reparameterize
 
 
 @torch.no_grad()
-def randomize_batch_norm(model: nn.Module, seed: int = 0,
-                         calibration_inputs: Optional[torch.Tensor] = None) -> nn.Module:
+def randomize_batch_norm(
+    model: nn.Module, seed: int = 0, calibration_inputs: Optional[torch.Tensor] = None
+) -> nn.Module:
     """Give every BN layer non-trivial affine parameters and running statistics (in place).
 
     Freshly initialized BN (mean 0, var 1, gamma 1, beta 0) would hide folding mistakes. With
@@ -64,17 +66,19 @@ def _as_tensors(outputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Sequenc
 
 
 @torch.no_grad()
-def fusion_error(model: nn.Module, inputs: torch.Tensor) -> float:
-    """Largest |fused - unfused| over all outputs, relative to each output's max magnitude.
+def deploy_error(model: nn.Module, inputs: torch.Tensor) -> float:
+    """Largest |deploy - train-time| over all outputs, relative to each output's max magnitude.
 
-    Fuses a deep copy in eval mode; ``model`` itself is left untouched.
+    Re-parameterizes a deep copy in eval mode; ``model`` itself is left untouched.
     """
     was_training = model.training
     model.eval()
     reference = _as_tensors(model(inputs))
-    fused = reparameterize(copy.deepcopy(model)).eval()
-    outputs = _as_tensors(fused(inputs))
+    deploy = reparameterize(copy.deepcopy(model)).eval()
+    outputs = _as_tensors(deploy(inputs))
     model.train(was_training)
     if len(outputs) != len(reference):
-        raise RuntimeError(f'fused model returned {len(outputs)} outputs, unfused {len(reference)}')
+        raise RuntimeError(
+            f'deploy model returned {len(outputs)} outputs, train-time {len(reference)}'
+        )
     return max_relative_difference(outputs, reference)

@@ -1,4 +1,6 @@
-"""Whole-model fusion: the deployed detector / segmentor has no BN left and computes the same."""
+"""Whole-model reparameterization: the deploy detector / segmentor has no BN left, computes the
+same."""
+
 import copy
 import os.path as osp
 
@@ -11,17 +13,25 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import mobileone_dense  # noqa: F401
 from mobileone_dense import reparameterize
-from mobileone_dense.analysis.fusion_check import randomize_batch_norm
+from mobileone_dense.analysis.deploy_check import randomize_batch_norm
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.apis.inference import init_model
-from mobileone_dense.engine.deploy import (atomic_save, deploy_checkpoint, deploy_config,
-                                           max_relative_difference, output_tensors)
+from mobileone_dense.engine.deploy import (
+    atomic_save,
+    deploy_checkpoint,
+    deploy_config,
+    is_deploy_checkpoint,
+    max_relative_difference,
+    output_tensors,
+)
 from mobileone_dense.errors import FoldingError
 from mobileone_dense.models.reparameterize import fuse_conv_bn_pairs
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = {'detector': ('configs/ssdlite_mobileone_s0_coco.py', 128),
-           'segmentor': ('configs/deeplabv3_mobileone_s0_voc.py', 96)}
+CONFIGS = {
+    'detector': ('configs/ssdlite_mobileone_s0_coco.py', 128),
+    'segmentor': ('configs/deeplabv3_mobileone_s0_voc.py', 96),
+}
 
 
 class TensorOutputs(nn.Module):
@@ -47,34 +57,37 @@ def trained_like(task: str):
 
 
 @pytest.mark.parametrize('task', sorted(CONFIGS))
-def test_whole_model_fusion_is_exact_and_leaves_no_batch_norm(task):
+def test_whole_model_reparameterization_is_exact_and_leaves_no_batch_norm(task):
     _, model, inputs = trained_like(task)
-    neck_and_head_bn = [n for n, m in model.named_modules()
-                        if isinstance(m, _BatchNorm) and not n.startswith('backbone.')]
-    assert neck_and_head_bn, 'the unfused model should have BN outside the backbone'
+    neck_and_head_bn = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and not n.startswith('backbone.')
+    ]
+    assert neck_and_head_bn, 'the train-time model should have BN outside the backbone'
     model = model.double()
     inputs = inputs.double()
     with torch.no_grad():
         reference = output_tensors(model(inputs, mode='tensor'))
-        fused = reparameterize(copy.deepcopy(model)).eval()
-        outputs = output_tensors(fused(inputs, mode='tensor'))
-    assert not [n for n, m in fused.named_modules() if isinstance(m, _BatchNorm)]
+        deploy = reparameterize(copy.deepcopy(model)).eval()
+        outputs = output_tensors(deploy(inputs, mode='tensor'))
+    assert not [n for n, m in deploy.named_modules() if isinstance(m, _BatchNorm)]
     # float64: the folding is exact up to rounding (float32 gives ~1e-5 here)
     assert max_relative_difference(outputs, reference) < 1e-10
     # fusing again changes nothing
-    before = {k: v.clone() for k, v in fused.state_dict().items()}
-    reparameterize(fused)
-    assert all(torch.equal(before[k], v) for k, v in fused.state_dict().items())
+    before = {k: v.clone() for k, v in deploy.state_dict().items()}
+    reparameterize(deploy)
+    assert all(torch.equal(before[k], v) for k, v in deploy.state_dict().items())
 
 
 @pytest.mark.parametrize('task', sorted(CONFIGS))
 def test_deploy_checkpoint_loads_into_deploy_config_and_training_config(task, tmp_path):
     cfg, model, inputs = trained_like(task)
-    fused = reparameterize(copy.deepcopy(model)).eval()
+    deploy = reparameterize(copy.deepcopy(model)).eval()
     path = str(tmp_path / 'deploy.pth')
-    atomic_save(deploy_checkpoint(fused, dict(dataset_meta=None)), path)
+    atomic_save(deploy_checkpoint(deploy, dict(dataset_meta=None)), path)
     with torch.no_grad():
-        expected = output_tensors(fused(inputs, mode='tensor'))
+        expected = output_tensors(deploy(inputs, mode='tensor'))
         for config in (deploy_config(cfg, path), cfg):
             loaded = init_model(config, path)
             assert not any(isinstance(m, _BatchNorm) for m in loaded.modules())
@@ -84,10 +97,33 @@ def test_deploy_checkpoint_loads_into_deploy_config_and_training_config(task, tm
     assert not [h for h in deploy_config(cfg).custom_hooks if 'EMAHook' in h['type']]
 
 
+def test_deploy_meta_is_one_key_and_old_checkpoints_still_load(tmp_path):
+    """Deploy checkpoints record ``mobileone_dense_deploy='whole_model'``; those written by
+    earlier versions (the pair ``mobileone_dense_deploy=True, fused='whole_model'``) load too."""
+    cfg, model, inputs = trained_like('segmentor')
+    deploy = reparameterize(copy.deepcopy(model)).eval()
+    new = deploy_checkpoint(deploy, dict(dataset_meta=None))
+    assert new['meta'] == dict(dataset_meta=None, mobileone_dense_deploy='whole_model')
+    old = dict(
+        meta=dict(dataset_meta=None, mobileone_dense_deploy=True, fused='whole_model'),
+        state_dict=new['state_dict'],
+    )
+    path = str(tmp_path / 'old_deploy.pth')
+    atomic_save(old, path)
+    with torch.no_grad():
+        expected = output_tensors(deploy(inputs, mode='tensor'))
+        outputs = output_tensors(init_model(cfg, path)(inputs, mode='tensor'))
+    assert max_relative_difference(outputs, expected) == 0
+    assert is_deploy_checkpoint(new) and is_deploy_checkpoint(old)
+    for meta in ({}, dict(fused=True), dict(mobileone_dense_deploy=True), dict(deploy=True)):
+        assert not is_deploy_checkpoint(dict(meta=meta, state_dict={})), meta
+
+
 def test_only_conv_then_norm_pairs_are_folded():
     torch.manual_seed(0)
-    norm_first = ConvModule(4, 4, 3, padding=1, norm_cfg=dict(type='BN'),
-                            order=('norm', 'conv', 'act'))
+    norm_first = ConvModule(
+        4, 4, 3, padding=1, norm_cfg=dict(type='BN'), order=('norm', 'conv', 'act')
+    )
     conv_first = ConvModule(4, 4, 3, padding=1, norm_cfg=dict(type='BN'))
     sequential = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
     model = nn.Sequential(norm_first, conv_first, sequential)
@@ -97,8 +133,8 @@ def test_only_conv_then_norm_pairs_are_folded():
     with torch.no_grad():
         reference = model(inputs)
         ours = copy.deepcopy(model)
-        fused_names = fuse_conv_bn_pairs(ours)
-        assert fused_names == ['1.bn', '2.1']
+        folded = fuse_conv_bn_pairs(ours)
+        assert folded == ['1.bn', '2.1']
         assert torch.allclose(ours(inputs), reference, atol=1e-5)
         # mmcv's fuse_conv_bn pairs by registration order and silently breaks norm-first modules:
         # the reason fuse_conv_bn_pairs exists.
