@@ -8,12 +8,12 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 from mmengine.dist import broadcast, get_world_size, is_main_process
-from mmengine.hooks import EMAHook, Hook
+from mmengine.hooks import Hook
 from mmengine.utils import deprecated_api_warning
 
 from ...models.reparameterize import in_deploy_form, reparameterize
 from ...registry import HOOKS
-from ..compat import last_checkpoint
+from ..compat import ema_copies, last_checkpoint
 from ..deploy import (
     atomic_dump_config,
     atomic_save,
@@ -80,9 +80,6 @@ class ReparameterizeHook(Hook):
                 '(already in deploy form, or no MobileOne parts); nothing to do.'
             )
 
-    def _ema_hook(self, runner) -> Optional[EMAHook]:
-        return next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
-
     # -- validation during training: a deploy copy is swapped in for the loop ----------------
     def before_val_epoch(self, runner) -> None:
         if not (self._active and self.deploy_val):
@@ -113,23 +110,16 @@ class ReparameterizeHook(Hook):
         if not (self._active and self.deploy_test):
             return
         reparameterize(unwrap_model(runner.model))
-        ema_hook = self._ema_hook(runner)
-        if ema_hook is not None and hasattr(ema_hook, 'ema_model'):
-            # EMAHook swaps parameters back after the test by zipping both models' parameter
-            # lists: they must keep the same structure.
-            reparameterize(ema_hook.ema_model.module)
+        for ema_copy in ema_copies(runner):  # swapped back by position: same structure needed
+            reparameterize(ema_copy)
         runner.logger.info('ReparameterizeHook: testing the re-parameterized (deploy) model.')
 
     # -- after training: deploy checkpoint + config ----------------------------------------
     def after_train(self, runner) -> None:
         if not self._active or not (self.save_deploy or self.check_deploy):
             return
-        ema_hook = self._ema_hook(runner)
-        source = (
-            ema_hook.ema_model.module
-            if ema_hook is not None and hasattr(ema_hook, 'ema_model')
-            else unwrap_model(runner.model)
-        )
+        averaged = ema_copies(runner)
+        source = averaged[0] if averaged else unwrap_model(runner.model)
         train_time = copy.deepcopy(source).eval()
         deploy = reparameterize(copy.deepcopy(source)).eval()
         if self.check_deploy:
@@ -138,10 +128,10 @@ class ReparameterizeHook(Hook):
                 runner.logger.info(
                     'ReparameterizeHook: deploy vs train-time model on a validation batch: max '
                     f'relative difference {self.last_deploy_error:.2e}'
-                    f'{" (EMA weights)" if ema_hook is not None else ""}'
+                    f'{" (EMA weights)" if averaged else ""}'
                 )
         if self.save_deploy and is_main_process():  # one writer in distributed runs
-            self._save(runner, deploy, ema=ema_hook is not None)
+            self._save(runner, deploy, ema=bool(averaged))
 
     @torch.no_grad()
     def _deploy_error(self, runner, train_time: nn.Module, deploy: nn.Module) -> Optional[float]:
