@@ -153,6 +153,17 @@ def test_bn_without_running_stats_cannot_be_folded():
 
 
 @pytest.mark.parametrize('arch', ['s0', 's4'])
+def test_reparameterizes_on_the_device_of_the_model(arch):
+    """Folded where the model is (a GPU after training): here on the meta device, which, like
+    CUDA, refuses to mix its tensors with CPU ones. Found on an H200 (2026-12-04): the identity
+    branch was folded with a kernel made on the CPU, and every deploy validation failed."""
+    model = MobileOne(arch=arch).eval().to('meta')
+    reparameterize(model)
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize('arch', ['s0', 's4'])
 def test_deploy_backbone_is_scriptable(arch):
     model = reparameterize(make_backbone(arch, out_indices=(2, 3)))
     scripted = torch.jit.script(model)

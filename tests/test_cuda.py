@@ -116,7 +116,11 @@ def metric_of(out: str, task: str) -> float:
     return float(line.split(f'{METRIC[task]}:')[1].split()[0])
 
 
-@pytest.fixture(scope='module', params=TASKS)
+# one xdist worker per task's tests (``tools/cuda_check.sh`` runs them with ``-n 4 --dist
+# loadgroup`` where pytest-xdist is installed): else each worker would train the model again
+@pytest.fixture(
+    scope='module', params=[pytest.param(t, marks=pytest.mark.xdist_group(t)) for t in TASKS]
+)
 def trained(request, tmp_path_factory):
     """10 float32 iterations of the task's S0 config through tools/train.py on the device."""
     task = request.param
@@ -132,7 +136,10 @@ def test_train_validates_deploy_and_writes_deploy_files(trained):
     task, work_dir, out = trained['task'], trained['work_dir'], trained['out']
     assert_no_mmcv_kernel(trained['log'])
     assert ('model on cuda:0' if ON_GPU else 'model on cpu') in out
-    assert 'ReparameterizeHook: deploy vs train-time model on a validation batch' in out
+    agreement = 'ReparameterizeHook: deploy vs train-time model on a validation batch'
+    assert agreement in out
+    # shown by `pytest -rA` (tools/cuda_check.sh): the agreement with cuDNN's default TF32
+    print(task, next(line for line in out.splitlines() if agreement in line))
     assert f'{METRIC[task]}:' in out  # the deploy model was validated
     assert osp.isfile(osp.join(work_dir, f'{LAST[task]}.pth'))
     assert osp.isfile(osp.join(work_dir, f'{LAST[task]}_deploy.pth'))

@@ -13,7 +13,7 @@
 #   3. mmcv 2.1.0 built with CPU ops from the folder's sdist with every core (tools/build_mmcv.sh;
 #      cached per torch/Python version where tools/setup_env.sh caches it): nothing of ours needs
 #      mmcv's CUDA kernels;
-#   4. pytest tests/test_cuda.py (and the NMS parity tests);
+#   4. pytest tests/test_cuda.py (and the NMS parity tests), in 4 processes with pytest-xdist;
 #   5. tools/benchmark.py --device cuda (budget CUDA_CHECK_BENCH_BUDGET_S seconds, default 240);
 #   6. one summary: machine, test results, benchmark tables -> OUT_DIR/cuda_check.txt.
 # CUDA_CHECK_DEVICE=cpu runs the same steps on the CPU (tests with
@@ -77,11 +77,19 @@ print(f'[cuda_check] torch {torch.__version__} (CUDA {torch.version.cuda}), mmcv
 EOF
 log "environment ready"
 
-# 4. tests
+# 4. tests: in 4 processes where pytest-xdist is installed, each task's trained model in one
 export MOBILEONE_DENSE_TEST_DEVICE="$DEVICE"
+PARALLEL=() THREADS="${OMP_NUM_THREADS:-}"
+if "$PY" -c 'import xdist' 2>/dev/null && (( $(nproc) >= 8 )); then
+  PARALLEL=(-n 4 --dist loadgroup)
+  # a quarter of the cores for each test process and the tools it starts: torch would give every
+  # one of them all the cores, and their spinning OpenMP threads would slow each other down
+  THREADS="${THREADS:-$(( $(nproc) / 4 ))}"
+fi
 set +e
-"$PY" -m pytest "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_nms.py" -q -p no:cacheprovider \
-  -rA --junitxml "$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.log"
+env ${THREADS:+OMP_NUM_THREADS=$THREADS} \
+  "$PY" -m pytest "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_nms.py" -q -p no:cacheprovider \
+  "${PARALLEL[@]}" -rA --junitxml "$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.log"
 TESTS_RC=${PIPESTATUS[0]}
 set -e
 log "tests finished (exit status $TESTS_RC)"

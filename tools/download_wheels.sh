@@ -8,8 +8,9 @@
 # that Python on manylinux x86_64: the OpenMMLab packages and the small dependencies a CUDA
 # PyTorch image (torch, torchvision, numpy, scipy, matplotlib, opencv-python-headless, onnx,
 # onnxruntime, pytest, ...) does not carry, each without its own dependencies, plus mmcv's sdist
-# (built there by tools/build_mmcv.sh). --complete instead resolves every dependency except torch
-# and torchvision (a bare Python with torch; a few hundred MB). The folder is about 15 MB.
+# (built there by tools/build_mmcv.sh) and a transformers 4 for mmpretrain (see PACKAGES).
+# --complete instead resolves every dependency except torch and torchvision (a bare Python with
+# torch; a few hundred MB). The folder is about 25 MB.
 set -euo pipefail
 
 DIR="" PYVER="" COMPLETE=0
@@ -26,7 +27,12 @@ done
 PACKAGES=(
   mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0
   pycocotools shapely terminaltables addict yapf platformdirs termcolor prettytable wcwidth
-  ftfy modelindex model-index ordered-set mat4py importlib-metadata "setuptools>=77.0.3,<81"
+  ftfy modelindex model-index ordered-set mat4py importlib-metadata lazy_importer
+  "setuptools>=77.0.3,<81"
+  # mmpretrain 1.2.0 imports its BLIP models whenever transformers >= 4.28 is installed, and they
+  # fail with transformers 5 ("TypeError: NoneType takes no arguments"), which CUDA images carry
+  # (seen on an H200 image, 2026-12-04): these go first on the path in .cuda_env/site instead
+  transformers==4.38.2 tokenizers==0.15.2 huggingface_hub==0.20.3
 )
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64

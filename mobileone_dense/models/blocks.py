@@ -209,30 +209,35 @@ class MobileOneBlock(nn.Module):
 
     def deploy_kernel_and_bias(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The single (kernel, bias) equivalent to the sum of all branches in eval mode
-        (float64)."""
+        (float64, on the device of the branches)."""
         k = self.kernel_size
         centre = k // 2
-        kernel = torch.zeros(
-            self.out_channels, self.in_channels // self.groups, k, k, dtype=torch.float64
-        )
-        bias = torch.zeros(self.out_channels, dtype=torch.float64)
         assert self.conv_branches is not None
+        device = self.conv_branches[0].conv.weight.device
+        kernel = torch.zeros(
+            self.out_channels,
+            self.in_channels // self.groups,
+            k,
+            k,
+            dtype=torch.float64,
+            device=device,
+        )
+        bias = torch.zeros(self.out_channels, dtype=torch.float64, device=device)
         for branch in self.conv_branches:
             w, b = fold_batch_norm(branch.conv.weight, branch.bn)
-            kernel, bias = kernel + w.cpu(), bias + b.cpu()
+            kernel, bias = kernel + w, bias + b
         if self.scale_branch is not None:
             w, b = fold_batch_norm(self.scale_branch.conv.weight, self.scale_branch.bn)
-            kernel[:, :, centre : centre + 1, centre : centre + 1] += w.cpu()
-            bias += b.cpu()
+            kernel[:, :, centre : centre + 1, centre : centre + 1] += w
+            bias += b
         if self.identity_branch is not None:
             # Identity as a centred one-hot kernel: output channel i reads input channel i, which
             # is index i % (in_channels / groups) inside its group.
             identity = torch.zeros_like(kernel)
-            channels_per_group = self.in_channels // self.groups
-            for i in range(self.out_channels):
-                identity[i, i % channels_per_group, centre, centre] = 1.0
+            outputs = torch.arange(self.out_channels, device=device)
+            identity[outputs, outputs % (self.in_channels // self.groups), centre, centre] = 1.0
             w, b = fold_batch_norm(identity, self.identity_branch)
-            kernel, bias = kernel + w.cpu(), bias + b.cpu()
+            kernel, bias = kernel + w, bias + b
         return kernel, bias
 
     @torch.no_grad()
