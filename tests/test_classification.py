@@ -12,7 +12,14 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from trained_runs import LEARN_CURRICULUM, LEARN_EPOCHS, generated_imagenet, hook_of, run_env, train
+from trained_runs import (
+    E2E_CURRICULUM,
+    E2E_EPOCHS,
+    LEARN_CURRICULUM,
+    LEARN_EPOCHS,
+    hook_of,
+    run_env,
+)
 
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.apis.classification import set_imagenet_schedule
@@ -237,28 +244,8 @@ def test_scaled_autoaugment_output():
 
 
 # -- end to end: tools/train.py on a generated ImageNet folder ---------------------------------
-E2E_EPOCHS = 6
-# Table 15's three stages, scaled down: 0-based epochs 0-1 / 2-3 / 4-5, 32 / 40 / 48 px
-E2E_CURRICULUM = [(0, 32, 0.3), (2, 40, 0.6), (4, 48, 1.0)]
-
-
 def stage_at(curriculum, epoch):
     return [s for s in curriculum if s[0] <= epoch][-1]
-
-
-@pytest.fixture(scope='module')
-def s2_run(tmp_path_factory):
-    """S2 (AutoAugment): 6 epochs, stopped after 3 (inside stage 2) and resumed."""
-    root = tmp_path_factory.mktemp('s2')
-    return train(
-        's2',
-        root,
-        generated_imagenet(str(root), 16),
-        E2E_EPOCHS,
-        E2E_CURRICULUM,
-        batch_size=16,
-        split_at=3,
-    )
 
 
 def check_curriculum(records, curriculum, max_epochs, autoaugment):
@@ -289,17 +276,18 @@ def check_weight_decay(records, max_epochs):
         assert record['weight_decay']['norm'] == [0.0], 'BN parameters must not decay'
 
 
-def test_s2_curriculum_switches_size_and_strength_across_resume(s2_run):
-    records = s2_run['records']
+def test_s2_curriculum_switches_size_and_strength_across_resume(s2_resumed_run):
+    records = s2_resumed_run['records']
     check_curriculum(records, E2E_CURRICULUM, E2E_EPOCHS, autoaugment=True)
     # epoch 3 is the first of the resumed run: the stage-2 recipe had to be re-applied
-    assert 'resume recipe of epoch 3' in s2_run['logs']
-    assert s2_run['logs'].count('Switch train pipeline at epoch') == 2  # epochs 3 and 5 (1-based)
+    assert 'resume recipe of epoch 3' in s2_resumed_run['logs']
+    switches = s2_resumed_run['logs'].count('Switch train pipeline at epoch')
+    assert switches == 2  # epochs 3 and 5 (1-based)
 
 
-def test_weight_decay_follows_the_cosine_at_each_epoch(learned_classifier, s2_run):
+def test_weight_decay_follows_the_cosine_at_each_epoch(learned_classifier, s2_resumed_run):
     check_weight_decay(learned_classifier['records'], LEARN_EPOCHS)
-    check_weight_decay(s2_run['records'], E2E_EPOCHS)  # across the resume too
+    check_weight_decay(s2_resumed_run['records'], E2E_EPOCHS)  # across the resume too
 
 
 def test_s0_curriculum_switches_size(learned_classifier):

@@ -35,7 +35,6 @@ from mobileone_dense.errors import OnnxParityError
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 EXPORT = osp.join(REPO, 'tools', 'deploy', 'export_onnx.py')
 ONNX_DEMO = osp.join(REPO, 'demo', 'onnx_demo.py')
-THREADS = os.environ.get('MOBILEONE_DENSE_TEST_THREADS', '2')
 # Runs a script with torch, torchvision, every mm* package and mobileone_dense unimportable,
 # then checks that none of them was imported after all.
 GUARDED = """
@@ -64,7 +63,15 @@ sys.exit(code)
 
 def run_guarded(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, '-c', GUARDED, ONNX_DEMO, *args, '--threads', THREADS],
+        [
+            sys.executable,
+            '-c',
+            GUARDED,
+            ONNX_DEMO,
+            *args,
+            '--threads',
+            str(torch.get_num_threads()),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

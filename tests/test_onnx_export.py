@@ -36,7 +36,6 @@ TOOL = osp.join(REPO, 'tools', 'deploy', 'export_onnx.py')
 CLS_CFG = osp.join(REPO, 'configs', 'mobileone_s0_imagenet.py')
 DET_CFG = osp.join(REPO, 'configs', 'ssdlite_mobileone_s0_coco.py')
 SEG_CFG = osp.join(REPO, 'configs', 'deeplabv3_mobileone_s0_voc.py')
-THREADS = int(os.environ.get('MOBILEONE_DENSE_TEST_THREADS', '2'))
 TOLERANCE = 1e-4
 
 
@@ -109,7 +108,7 @@ def load_tool():
 
 
 def run_onnx(path: str, inputs: torch.Tensor) -> list:
-    session = onnx_export.onnx_session(path, num_threads=THREADS)
+    session = onnx_export.onnx_session(path, num_threads=torch.get_num_threads())
     return session.run(None, {'input': inputs.numpy()})
 
 
@@ -126,7 +125,7 @@ def test_classifier_tool_exports_deploy_model_with_dynamic_axes(checkpoints, tmp
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS=str(THREADS)),
+        env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())),
     )
     assert result.returncode == 0, result.stderr
     # parity printed at the export size and at a second size with batch 2, within tolerance
@@ -165,7 +164,7 @@ def test_detector_onnx_outputs_and_postprocess_match_predict(checkpoints, tmp_pa
     names = export_onnx(model, path, (1, 3, 128, 128))
     assert names == [f'cls_score_{i}' for i in range(6)] + [f'bbox_pred_{i}' for i in range(6)]
     sizes = [image_like(1, 128, 128, 0), image_like(2, 96, 160, 1)]
-    assert check_onnx_parity(model, path, sizes, num_threads=THREADS) <= TOLERANCE
+    assert check_onnx_parity(model, path, sizes, num_threads=torch.get_num_threads()) <= TOLERANCE
 
     # detections: ONNX outputs + mmdet's post-processing == model.predict
     inputs = image_like(2, 96, 160, 2)

@@ -30,7 +30,7 @@ def run_tool(tool: str, *args: str, cwd: str) -> str:
         text=True,
         timeout=600,
         cwd=cwd,
-        env=dict(env, OMP_NUM_THREADS='2'),
+        env=env,
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]

@@ -1,16 +1,28 @@
 """The tiny trained models of a test session, one per task, and how they are trained.
 
 ``conftest.py`` exposes them as session fixtures (``quickstart`` for detection,
-``learned_segmentor``, ``learned_classifier``), so that the learning tests and the val / test /
-demo / export / reparameterization tests all use one training run per task.
+``learned_segmentor``, ``learned_classifier``, ``s2_resumed_run``), so that the learning tests and
+the val / test / demo / export / reparameterization tests all use one training run per task;
+``background_runs.py`` trains them in the background while the other tests run.
+
+Each ``prepare_*`` function writes a run's data and config in the calling thread and returns the
+run: a function that only starts tool processes and reads what they wrote, so that it can go on
+in another thread. (mmengine's config loading is not thread-safe: it asks pkg_resources whether a
+package is installed, which failed with ``TypeError: Expected str, Requirement, or
+Distribution`` while the main thread loaded a config too.) Every process goes through
+`run_process`, so that an interrupted session can stop them.
 """
 
+import contextlib
+import functools
 import json
 import os
 import os.path as osp
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 
 from mmengine.config import Config
 
@@ -22,13 +34,104 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
 
 
+_LIVE = {}  # the processes started by `run_process` that have not ended yet -> the thread
+_LIVE_LOCK = threading.Lock()
+_THREADS = threading.local()  # .count: set by `process_threads` in this thread
+
+
+@contextlib.contextmanager
+def process_threads(count: int):
+    """The processes `run_process` starts from this thread inside the block use ``count``
+    OpenMP threads, which sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``) instead of
+    spinning: the background runs share the cores with the rest of the suite
+    (``background_runs.py``). Spinning or sleeping changes no result."""
+    _THREADS.count = count
+    try:
+        yield
+    finally:
+        del _THREADS.count
+
+
+def run_process(args, timeout, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """``subprocess.run(args)`` with the output captured as text, the process registered in
+    `_LIVE` with the thread that started it until it ends (killed on a timeout).
+
+    The environment is always passed as a copy (``env``, default this process's): with none,
+    the child reads the C-level environment while it starts, which the main thread may be
+    changing at that moment (``background_runs.apply_thread_policy``); seen as ``OSError:
+    [Errno 14] Bad address``.
+    """
+    env = dict(os.environ if env is None else env)
+    count = getattr(_THREADS, 'count', None)
+    if count is not None:
+        env.update(OMP_NUM_THREADS=str(count), OMP_WAIT_POLICY='PASSIVE')
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
+    )
+    with _LIVE_LOCK:
+        _LIVE[process] = threading.get_ident()
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f'{args} ran past {timeout} s:\n{(out + err)[-5000:]}') from None
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.pop(process, None)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def kill_live_processes(threads) -> None:
+    """Stop what `run_process` started from one of ``threads`` (idents) and is still running."""
+    with _LIVE_LOCK:
+        for process, thread in _LIVE.items():
+            if thread in threads:
+                process.kill()
+
+
 def run_tool(*args, timeout=900, env=None, cwd=None) -> str:
     """``python ARGS``; fails with the end of the output unless it exits 0."""
-    result = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
-    )
+    result = run_process([sys.executable, *args], timeout, env=env, cwd=cwd)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return result.stdout + result.stderr
+
+
+# -- detection: the quickstart ---------------------------------------------------------------
+def prepare_quickstart(root):
+    """One run of the README's first command, ``demo/quickstart.py`` with its defaults (train,
+    deploy validation, test, demo), with mmcv's kernels disabled (``mmcv_kernel_guard.py``).
+
+    The run returns the work dir, the generated data root, the printed output, the exit status,
+    the file the guard records any mmcv kernel call in, and the run's seconds.
+    """
+    return functools.partial(_quickstart, pathlib.Path(root))
+
+
+def _quickstart(root):
+    work_dir, log = root / 'work', root / 'mmcv_kernels.log'
+    start = time.time()
+    result = run_process(
+        [
+            sys.executable,
+            osp.join(TESTS, 'mmcv_kernel_guard.py'),
+            '--log',
+            str(log),
+            osp.join(REPO, 'demo', 'quickstart.py'),
+            '--work-dir',
+            str(work_dir),
+        ],
+        timeout=1200,
+    )
+    return dict(
+        work_dir=str(work_dir),
+        data_root=str(work_dir / 'data' / 'coco'),
+        out=result.stdout,
+        err=result.stderr,
+        returncode=result.returncode,
+        kernels_log=str(log),
+        seconds=time.time() - start,
+    )
 
 
 # -- classification --------------------------------------------------------------------------
@@ -56,12 +159,13 @@ def run_env():
     )
 
 
-def train(
+def prepare_training(
     arch, root, data, max_epochs, curriculum, batch_size, split_at=None, ema_momentum=None, lr=None
 ):
     """The real config, with only data paths, epochs (schedulers and curriculum scaled with
-    `set_imagenet_schedule`), image sizes and batch size changed, and a probe hook added;
-    trained by tools/train.py, with a resume after `split_at` epochs when given."""
+    `set_imagenet_schedule`), image sizes and batch size changed, and a probe hook added, written
+    here; the run trains it by tools/train.py, with a resume after `split_at` epochs when
+    given."""
     cfg = Config.fromfile(classification_config_path(arch))
     set_imagenet_schedule(cfg, max_epochs=max_epochs, curriculum=curriculum, eval_size=EVAL_SIZE)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -78,32 +182,27 @@ def train(
     config = str(root / f'mobileone_{arch}_imagenet.py')
     cfg.dump(config)
     work_dir = str(root / 'work')
-    env = run_env()
-    logs = ''
     runs = (
         [['--cfg-options', f'train_cfg.max_epochs={split_at}'], ['--resume']] if split_at else [[]]
     )
-    for extra in runs:
-        result = subprocess.run(
-            [
-                sys.executable,
-                osp.join(REPO, 'tools', 'train.py'),
-                config,
-                '--work-dir',
-                work_dir,
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=str(root),
-            env=env,
-        )
-        logs += result.stdout + result.stderr
-        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    with open(probe_file) as f:
-        records = [json.loads(line) for line in f]
-    return dict(config=config, work_dir=work_dir, records=records, logs=logs, cfg=cfg)
+
+    def run():
+        logs = ''
+        for extra in runs:
+            result = run_process(
+                [sys.executable, osp.join(REPO, 'tools', 'train.py'), config]
+                + ['--work-dir', work_dir, *extra],
+                timeout=600,
+                cwd=str(root),
+                env=run_env(),
+            )
+            logs += result.stdout + result.stderr
+            assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        with open(probe_file) as f:
+            records = [json.loads(line) for line in f]
+        return dict(config=config, work_dir=work_dir, records=records, logs=logs, cfg=cfg)
+
+    return run
 
 
 def generated_imagenet(root, train_per_class):
@@ -116,7 +215,7 @@ def generated_imagenet(root, train_per_class):
     )['root']
 
 
-def learn_classifier(root):
+def prepare_classifier(root):
     """S0 learning run through tools/train.py: 10 epochs of 12 steps of 16 images (4 classes x 48).
 
     Two changes, only here: EMA momentum 0.2 instead of 5e-4 (the paper's 0.9995 decay would
@@ -127,7 +226,7 @@ def learn_classifier(root):
     learnt only in the last epochs, which a change of Pillow's resize already moved below the
     test's threshold once; 48 (120 steps) learn with epochs to spare (docs/tests.md)."""
     os.makedirs(root, exist_ok=True)
-    run = train(
+    training = prepare_training(
         's0',
         pathlib.Path(root),
         generated_imagenet(root, 48),
@@ -137,13 +236,38 @@ def learn_classifier(root):
         ema_momentum=0.2,
         lr=0.03,
     )
-    last = osp.join(run['work_dir'], f'epoch_{LEARN_EPOCHS}')
-    return dict(
-        run,
-        data=osp.join(root, 'imagenet'),
-        checkpoint=f'{last}.pth',
-        deploy_checkpoint=f'{last}_deploy.pth',
-        deploy_config=osp.join(run['work_dir'], 'mobileone_s0_imagenet_deploy.py'),
+
+    def run():
+        result = training()
+        last = osp.join(result['work_dir'], f'epoch_{LEARN_EPOCHS}')
+        return dict(
+            result,
+            data=osp.join(root, 'imagenet'),
+            checkpoint=f'{last}.pth',
+            deploy_checkpoint=f'{last}_deploy.pth',
+            deploy_config=osp.join(result['work_dir'], 'mobileone_s0_imagenet_deploy.py'),
+        )
+
+    return run
+
+
+E2E_EPOCHS = 6
+# Table 15's three stages, scaled down: 0-based epochs 0-1 / 2-3 / 4-5, 32 / 40 / 48 px
+E2E_CURRICULUM = [(0, 32, 0.3), (2, 40, 0.6), (4, 48, 1.0)]
+
+
+def prepare_s2_resume(root):
+    """S2 (AutoAugment) through tools/train.py: 6 epochs, stopped after 3 (inside curriculum
+    stage 2) and resumed."""
+    os.makedirs(root, exist_ok=True)
+    return prepare_training(
+        's2',
+        pathlib.Path(root),
+        generated_imagenet(root, 16),
+        E2E_EPOCHS,
+        E2E_CURRICULUM,
+        batch_size=16,
+        split_at=3,
     )
 
 
@@ -151,7 +275,7 @@ def learn_classifier(root):
 LEARNING_ITERS = 120
 
 
-def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128, lr=2e-3):
+def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128, lr=3e-3):
     """The real S0 VOC config on small images: small crops, batch 8, higher lr, short schedule."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplabv3_mobileone_s0_voc.py'))
     crop = (crop_size, crop_size)
@@ -177,8 +301,10 @@ def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128,
         dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
         dict(type='CosineAnnealingLR', by_epoch=False, begin=10, end=max_iters, eta_min_ratio=0.01),
     ]
-    # a 5e-4 EMA averages over ~2000 iterations: over 120 it would keep the initial weights
-    next(h for h in cfg.custom_hooks if h.type == 'EMAHook').momentum = 0.05
+    # a 5e-4 EMA averages over ~2000 iterations: over 120 it would keep the initial weights.
+    # 0.1 (the last ~10 iterations) with lr 3e-3 is the pair that still learns when the run
+    # keeps to one thread (background_runs.py); 0.05 with lr 2e-3 did not (docs/tests.md)
+    next(h for h in cfg.custom_hooks if h.type == 'EMAHook').momentum = 0.1
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=20)
     cfg.work_dir = work_dir
@@ -192,10 +318,10 @@ def miou_printed_by(out):
     return float(line.split('mIoU:')[1].split()[0])
 
 
-def learn_segmentor(root):
-    """The real S0 VOC config (learning settings: data, crops, batch, schedule) trained by
-    tools/train.py on generated VOC data, then tools/test.py on its training and its deploy
-    checkpoint."""
+def prepare_segmentor(root):
+    """The real S0 VOC config (learning settings: data, crops, batch, schedule) and generated VOC
+    data, written here; the run trains it by tools/train.py, then tools/test.py on its training
+    and its deploy checkpoint."""
     voc = make_voc_shapes(
         osp.join(root, 'VOCdevkit'),
         num_train=24,
@@ -207,6 +333,10 @@ def learn_segmentor(root):
     work_dir = osp.join(root, 'work')
     config = osp.join(root, 'deeplabv3_mobileone_s0_voc.py')
     learning_config(voc, work_dir).dump(config)
+    return functools.partial(_learn_segmentor, root, voc, work_dir, config)
+
+
+def _learn_segmentor(root, voc, work_dir, config):
     log = run_tool(osp.join(REPO, 'tools', 'train.py'), config)
     last = f'iter_{LEARNING_ITERS}'
     tests = {}
