@@ -1,9 +1,9 @@
 """The session's training runs (``trained_runs.py``) in the background, while the other tests run.
 
-Each run is a tool process that trains a tiny model for minutes. Run one after another in a
-thread from the start of the session, they take one of the machine's two cores while pytest runs
-the tests that need none of them on the other: ``conftest.py`` orders the tests so that those
-that need a run come last, in the order the runs finish.
+Each run is a tool process that trains a tiny model for minutes. They train in two lanes from the
+start of the session (threads, each running its runs one after another: the segmentation run,
+the longest, beside the three others) while pytest runs the tests that need none of them:
+``conftest.py`` orders the tests so that those that need a run come last, in `RUNS` order.
 
 While runs are under way the suite keeps to one thread per process (`apply_thread_policy`),
 and so do the runs, but for the quickstart: it trains with 2 threads, as `make demo` does on a
@@ -30,15 +30,17 @@ class Run(NamedTuple):
     # the returned function only starts processes (``trained_runs.py``)
     prepare: Callable[[str], Callable[[], dict]]
     threads: int  # OpenMP threads of the processes it starts
+    lane: int = 0  # the background thread it trains in, after the lane's earlier runs
 
 
 # name (the session fixture's) -> the run, in the order the runs are started: the detection and
-# classification runs first, whose tests are many; the longest last.
+# classification runs first, whose tests are many; the longest in a lane of its own, so that it
+# ends about when the others do.
 RUNS: Dict[str, Run] = {
     'quickstart': Run(trained_runs.prepare_quickstart, threads=2),  # as `make demo` on 2 cores
     'learned_classifier': Run(trained_runs.prepare_classifier, threads=1),
     's2_resumed_run': Run(trained_runs.prepare_s2_resume, threads=1),
-    'learned_segmentor': Run(trained_runs.prepare_segmentor, threads=1),
+    'learned_segmentor': Run(trained_runs.prepare_segmentor, threads=1, lane=1),
 }
 SUITE_THREADS = int(os.environ.get('MOBILEONE_DENSE_TEST_THREADS', '2'))
 OMP_BEFORE_SESSION = os.environ.get('OMP_NUM_THREADS')
@@ -52,13 +54,14 @@ def order_of(fixturenames: List[str]) -> int:
 
 
 class BackgroundRuns:
-    """The runs of one session, each started once, in `RUNS` order, in one worker thread."""
+    """The runs of one session, each started once, in `RUNS` order, in a worker thread per
+    lane."""
 
     def __init__(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, 'background-runs')
+        self._lanes: Dict[int, concurrent.futures.ThreadPoolExecutor] = {}
         self._futures: Dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
-        self._threads = set()  # the worker thread's ident, once it has run something
+        self._threads = set()  # the worker threads' idents, once they have run something
         self.seconds: Dict[str, float] = {}  # name -> how long the run took, once it ended
 
     def _run(self, name: str, run: Callable[[], dict]) -> dict:
@@ -82,7 +85,12 @@ class BackgroundRuns:
             for name in RUNS:
                 if name in names and name not in self._futures:
                     run = RUNS[name].prepare(folder_of(name))
-                    self._futures[name] = self._executor.submit(self._run, name, run)
+                    lane = RUNS[name].lane
+                    if lane not in self._lanes:
+                        self._lanes[lane] = concurrent.futures.ThreadPoolExecutor(
+                            1, f'background-runs-{lane}'
+                        )
+                    self._futures[name] = self._lanes[lane].submit(self._run, name, run)
         apply_thread_policy(self)
 
     def result(self, name: str, folder_of: Callable[[str], str]) -> dict:
@@ -97,7 +105,8 @@ class BackgroundRuns:
     def stop(self) -> None:
         """End of the session: nothing more starts, and a run still under way (an interrupted
         session) is killed rather than waited for."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._lanes.values():
+            executor.shutdown(wait=False, cancel_futures=True)
         trained_runs.kill_live_processes(self._threads)
 
 

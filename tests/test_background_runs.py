@@ -57,6 +57,30 @@ def test_runs_start_once_each_in_their_order(fake_runs):
     assert runs.summary().startswith('background training runs: first 0.0 min (1 thr.), second')
 
 
+def test_runs_of_two_lanes_train_at_the_same_time(monkeypatch):
+    both, started = threading.Barrier(2, timeout=20), []
+
+    def prepare(folder):
+        def train():
+            started.append(folder)
+            both.wait()  # raises BrokenBarrierError if the other lane's run does not start
+            return folder
+
+        return train
+
+    monkeypatch.setattr(
+        background_runs, 'RUNS', {'a': Run(prepare, threads=1), 'b': Run(prepare, 1, lane=1)}
+    )
+    runs = BackgroundRuns()
+    try:
+        runs.start(['a', 'b'], str)
+        assert runs.result('a', str) == 'a' and runs.result('b', str) == 'b'
+    finally:
+        runs.stop()
+        apply_thread_policy(None)
+    assert sorted(started) == ['a', 'b']
+
+
 def test_a_run_nobody_queued_is_started_by_its_result(fake_runs):
     runs, started, release = fake_runs
     release.set()
