@@ -117,8 +117,7 @@ def apply_thread_policy(runs: Optional[BackgroundRuns]) -> None:
     torch.set_num_threads(1 if omp == '1' else SUITE_THREADS)
     if os.environ.get('OMP_NUM_THREADS') == omp:
         return  # the environment is changed only when needed (see trained_runs.run_process)
-    with trained_runs.ENVIRON_LOCK:
-        if omp is None:
-            del os.environ['OMP_NUM_THREADS']
-        else:
-            os.environ['OMP_NUM_THREADS'] = omp
+    if omp is None:
+        del os.environ['OMP_NUM_THREADS']
+    else:
+        os.environ['OMP_NUM_THREADS'] = omp

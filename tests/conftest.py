@@ -26,8 +26,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The tests that need a training run (``background_runs.py``) go last, in the order the
-    runs finish; the others keep their order and run while the runs train."""
+    """The tests that need a training run (``background_runs.py``) go last, in the order of
+    `RUNS`; the others keep their order and run while the runs train."""
     order = {id(item): order_of(item.fixturenames) for item in items}
     items.sort(key=lambda item: order[id(item)])  # stable
     config.stash[_NEEDED] = {name for item in items for name in RUNS if name in item.fixturenames}

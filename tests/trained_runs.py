@@ -37,15 +37,6 @@ TESTS = osp.join(REPO, 'tests')
 _LIVE = {}  # the processes started by `run_process` that have not ended yet -> the thread
 _LIVE_LOCK = threading.Lock()
 _THREADS = threading.local()  # .count: set by `process_threads` in this thread
-# held while os.environ is copied or changed: the runs copy it in their thread while the main
-# thread may change it (``background_runs.apply_thread_policy``), and copying a dict that
-# another thread resizes fails ("dictionary changed size during iteration")
-ENVIRON_LOCK = threading.Lock()
-
-
-def environ_copy() -> dict:
-    with ENVIRON_LOCK:
-        return dict(os.environ)
 
 
 @contextlib.contextmanager
@@ -68,9 +59,11 @@ def run_process(args, timeout, env=None, cwd=None) -> subprocess.CompletedProces
     The environment is always passed as a copy (``env``, default this process's): with none,
     the child reads the C-level environment while it starts, which the main thread may be
     changing at that moment (``background_runs.apply_thread_policy``); seen as ``OSError:
-    [Errno 14] Bad address``.
+    [Errno 14] Bad address``. (Copying ``os.environ`` in a run's thread is safe: it iterates
+    over a snapshot of its keys, and the main thread removes a key only when no run is under
+    way.)
     """
-    env = environ_copy() if env is None else dict(env)
+    env = dict(os.environ if env is None else env)
     count = getattr(_THREADS, 'count', None)
     if count is not None:
         env.update(OMP_NUM_THREADS=str(count), OMP_WAIT_POLICY='PASSIVE')
@@ -161,11 +154,10 @@ def run_env():
     """Environment of the tool runs: the probe importable; one intra-op thread, because the
     runs' data loader workers share the two cores and OpenMP's two threads then stall each other
     (measured here: a training step 10-15x slower)."""
-    env = environ_copy()
     return dict(
-        env,
+        os.environ,
         OMP_NUM_THREADS='1',
-        PYTHONPATH=os.pathsep.join([TESTS, env.get('PYTHONPATH', '')]),
+        PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]),
     )
 
 
