@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument('--iters', type=int, default=180, help='training iterations')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument(
+        '--seed', type=int, default=0, help='training seed (the generated data stay the same)'
+    )
+    parser.add_argument(
         '--input-size',
         type=int,
         default=256,
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
         max_iters=args.iters,
         batch_size=args.batch_size,
         input_size=args.input_size,
+        seed=args.seed,
     )
     runner = Runner.from_cfg(cfg)
     runner.logger.setLevel(logging.INFO)
@@ -78,7 +82,10 @@ def main(argv=None) -> int:
             '  deploy model, val2017 of the generated set: bbox mAP@0.5 = 0.000 (no detection '
             'above the score threshold yet: train longer with --iters)'
         )
-    print(f'  deploy vs train-time outputs (relative): {hook.last_deploy_error:.1e}')
+    print(
+        f'  deploy vs train-time outputs (relative): {hook.last_deploy_error_float64:.1e} in '
+        f'float64 (exact), {hook.last_deploy_error:.1e} in float32 (rounding)'
+    )
     print(f'  training checkpoint : {osp.join(work_dir, f"iter_{args.iters}.pth")}')
     print(f'  deploy checkpoint   : {hook.deploy_files["checkpoint"]}')
     print(f'  deploy config       : {hook.deploy_files["config"]}')

@@ -128,6 +128,10 @@ def test_throughput_rows_on_the_cpu(tmp_path):
         for cl in (False, True)
     }
     for row in rows:
+        if row['kind'] == 'training' and row['channels_last']:
+            # never run on the CPU (a torch / oneDNN crash), skipped with the reason
+            assert row['error'] == tp.CPU_CHANNELS_LAST_TRAINING and row['images_per_s'] is None
+            continue
         assert row['error'] is None, row
         assert row['images_per_s'] == pytest.approx(row['batch'] / row['ms_per_batch'] * 1e3)
     assert torch.backends.cudnn.benchmark is False  # restored (it is on while measuring)

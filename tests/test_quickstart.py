@@ -37,7 +37,7 @@ def test_quickstart_learns_the_shapes_without_mmcv_kernels(quickstart):
     assert not osp.exists(quickstart['kernels_log']), open(quickstart['kernels_log']).read()
     assert printed_map50(out) >= MAP50_FLOOR, out[-2000:]
     deploy_error = float(re.search(r'deploy vs train-time outputs \(relative\): (\S+)', out)[1])
-    assert deploy_error < 1e-4
+    assert deploy_error < 1e-9  # float64, where re-parameterization is exact
     for label in ('training checkpoint', 'deploy checkpoint', 'deploy config', 'demo drawing'):
         assert osp.isfile(printed_path(out, label)), label
     assert osp.isfile(osp.join(quickstart['data_root'], 'annotations', 'instances_val2017.json'))

@@ -107,7 +107,8 @@ def test_deploy_checkpoint_and_config_after_training(tmp_path):
     hook = next(h for h in runner.hooks if isinstance(h, ReparameterizeHook))
     files = hook.deploy_files
     assert files['checkpoint'].endswith('iter_2_deploy.pth') and osp.isfile(files['checkpoint'])
-    assert hook.last_deploy_error is not None and hook.last_deploy_error < 1e-5
+    assert hook.last_deploy_error_float64 is not None and hook.last_deploy_error_float64 < 1e-9
+    assert hook.last_deploy_error is not None  # float32: rounding, reported only
     deploy_cfg = Config.fromfile(files['config'])
     assert deploy_cfg.model.backbone.deploy is True
     assert deploy_cfg.load_from == files['checkpoint']

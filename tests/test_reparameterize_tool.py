@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -139,3 +140,32 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
         os.umask(umask)
     mode = (tmp_path / 'model.pth').stat().st_mode & 0o777
     assert mode == (tmp_path / 'plain.txt').stat().st_mode & 0o777 == 0o644
+
+
+def test_an_early_detector_checkpoint_is_written(tmp_path, capsys):
+    """Regression (issue 23): an S0 detector with mild random BN statistics (as early in
+    training) was refused because its float32 outputs differ by ~1e-4 (rounding, amplified where
+    outputs are small); exactness is decided in float64, the float32 difference only reported."""
+    config = osp.join(REPO, 'configs', 'ssdlite_mobileone_s0_coco.py')
+    torch.manual_seed(0)
+    model = build_model_from_config(Config.fromfile(config))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_var.copy_(0.8 + 0.45 * torch.rand(n, generator=generator))
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+                module.weight.copy_(0.9 + 0.2 * torch.rand(n, generator=generator))
+    checkpoint = str(tmp_path / 'early.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
+    out = tmp_path / 'early_deploy.pth'
+    assert TOOL.main([config, checkpoint, str(out)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    found = re.search(r'difference (\S+) in float64, (\S+) in float32', printed)
+    assert float(found[1]) < 1e-9, printed
+    assert out.exists() and (tmp_path / 'early_deploy.py').exists()
+    meta = torch.load(out, weights_only=True)['meta']
+    assert meta['deploy_error_float64'] < 1e-9 and meta['deploy_error'] == pytest.approx(
+        float(found[2]), rel=0.1
+    )

@@ -1,10 +1,11 @@
+from ..engine.deploy import deploy_error
 from .complexity import (
     PAPER_COMPLEXITY,
     ComplexityRow,
     measure_classifier_complexity,
     params_and_macs,
 )
-from .deploy_check import deploy_error, randomize_batch_norm
+from .deploy_check import randomize_batch_norm
 
 __all__ = [
     'PAPER_COMPLEXITY',

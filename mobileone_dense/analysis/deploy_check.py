@@ -1,15 +1,13 @@
-"""Check that re-parameterization preserves a model's outputs."""
+"""Models to check re-parameterization on: BN layers with non-trivial statistics (the check
+itself is :func:`mobileone_dense.engine.deploy.deploy_error`)."""
 
-import copy
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..engine.deploy import max_relative_difference
 from ..models.blocks import MobileOneBlock
-from ..models.reparameterize import reparameterize
 
 
 @torch.no_grad()
@@ -59,26 +57,3 @@ def randomize_batch_norm(
             module.weight.copy_((torch.rand(n, generator=generator) * 0.5 + 0.75) * gain)
             module.bias.copy_(torch.randn(n, generator=generator) * 0.1 * gain)
     return model
-
-
-def _as_tensors(outputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Sequence[torch.Tensor]:
-    return [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-
-
-@torch.no_grad()
-def deploy_error(model: nn.Module, inputs: torch.Tensor) -> float:
-    """Largest |deploy - train-time| over all outputs, relative to each output's max magnitude.
-
-    Re-parameterizes a deep copy in eval mode; ``model`` itself is left untouched.
-    """
-    was_training = model.training
-    model.eval()
-    reference = _as_tensors(model(inputs))
-    deploy = reparameterize(copy.deepcopy(model)).eval()
-    outputs = _as_tensors(deploy(inputs))
-    model.train(was_training)
-    if len(outputs) != len(reference):
-        raise RuntimeError(
-            f'deploy model returned {len(outputs)} outputs, train-time {len(reference)}'
-        )
-    return max_relative_difference(outputs, reference)

@@ -32,6 +32,7 @@ def quickstart_config(
     warmup_iters: int = 10,
     input_size: int = 256,
     clip_grad_norm: float = 35.0,
+    seed: int = 0,
     config: str = osp.join(PACKAGE_CONFIGS, 'ssdlite_mobileone_s0_coco.py'),
 ) -> Config:
     """The real S0 detection config (same backbone, neck and head), shortened to a few minutes
@@ -86,5 +87,5 @@ def quickstart_config(
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=10)
     cfg.log_processor = dict(by_epoch=False)
-    cfg.randomness = dict(seed=0)
+    cfg.randomness = dict(seed=seed)
     return cfg

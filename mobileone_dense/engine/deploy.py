@@ -5,7 +5,7 @@ import copy
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Callable, Dict, Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -120,6 +120,56 @@ def max_relative_difference(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]
     if not errors:
         raise ValueError('no tensors to compare')
     return max(errors)
+
+
+# Re-parameterization is exact when the float64 difference (:func:`deploy_error`) is below
+# EXACT_TOLERANCE: the fold is exact there, up to float64 rounding. A float32 difference is
+# rounding (larger where outputs are small, as in an untrained model): only reported, with a
+# warning above FLOAT32_WARNING.
+EXACT_TOLERANCE = 1e-9
+FLOAT32_WARNING = 1e-3
+
+
+@torch.no_grad()
+def deploy_error(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    forward: Optional[Callable[[nn.Module, torch.Tensor], Any]] = None,
+    deploy: Optional[nn.Module] = None,
+) -> float:
+    """Largest relative difference (:func:`max_relative_difference`) between the train-time
+    ``model`` and its re-parameterized copy on ``inputs``, both computed in ``dtype`` in eval
+    mode (``model`` itself is left unchanged).
+
+    Args:
+        model: a train-time model (any task, or a backbone).
+        inputs: ``(N, 3, H, W)`` as the model's forward takes them (preprocessed).
+        dtype: float64 judges exactness (compare with ``EXACT_TOLERANCE``); float32 shows what
+            rounding does in use.
+        forward: ``forward(model, inputs)`` -> outputs (a tensor or nested tuples / dicts of
+            them); default ``model(inputs, mode='tensor')`` for mmengine models, else
+            ``model(inputs)``.
+        deploy: the deploy model when already made in ``dtype`` (else re-parameterized here).
+    """
+    if forward is None:
+        forward = (
+            (lambda m, x: m(x, mode='tensor'))
+            if hasattr(model, 'data_preprocessor')
+            else (lambda m, x: m(x))
+        )
+    train_time = copy.deepcopy(model).to(dtype).eval()
+    if deploy is None:
+        deploy = reparameterize(copy.deepcopy(train_time))
+    deploy.eval()
+    inputs = inputs.to(dtype)
+    reference = output_tensors(forward(train_time, inputs))
+    outputs = output_tensors(forward(deploy, inputs))
+    if len(outputs) != len(reference):
+        raise RuntimeError(
+            f'deploy model returned {len(outputs)} outputs, train-time {len(reference)}'
+        )
+    return max_relative_difference(outputs, reference)
 
 
 # A deploy checkpoint's ``meta[DEPLOY_KEY]`` is ``WHOLE_MODEL``: the backbone is in deploy form
