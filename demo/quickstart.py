@@ -1,6 +1,6 @@
 """The quickstart: train, validate, reparameterize, test, demo SSDLite-MobileOne-S0, no dataset.
 
-    python demo/quickstart.py [--work-dir work_dirs/quickstart] [--iters 180]
+    python demo/quickstart.py [--work-dir work_dirs/quickstart] [--iters 400] [--seed 0]
 
 Generates a small COCO-format set (JPEG files + instances_*.json of shapes on varied
 backgrounds), trains the real S0 detection config on it on the CPU (shortened schedule, see
@@ -10,6 +10,7 @@ tests it, and draws the deploy model's detections on a validation image.
 
 import argparse
 import glob
+import json
 import logging
 import os.path as osp
 import sys
@@ -18,16 +19,28 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mobileone_dense  # noqa: F401
 from mobileone_dense.apis.inference import init_model, read_image
-from mobileone_dense.apis.quickstart import quickstart_config
+from mobileone_dense.apis.quickstart import QUICKSTART_IMAGES, quickstart_config
 from mobileone_dense.apis.visualization import draw_prediction, predict
 from mobileone_dense.datasets import make_coco_shapes
 from mobileone_dense.engine import ReparameterizeHook, Runner
 
 
+def generated_counts(data_root: str) -> dict:
+    """How many images the generated set under ``data_root`` has (empty when there is none)."""
+    counts = {}
+    for key, split in (('num_train', 'train2017'), ('num_val', 'val2017')):
+        path = osp.join(data_root, 'annotations', f'instances_{split}.json')
+        if not osp.isfile(path):
+            return {}
+        with open(path) as f:
+            counts[key] = len(json.load(f)['images'])
+    return counts
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--work-dir', default='work_dirs/quickstart')
-    parser.add_argument('--iters', type=int, default=180, help='training iterations')
+    parser.add_argument('--iters', type=int, default=400, help='training iterations')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument(
         '--seed', type=int, default=0, help='training seed (the generated data stay the same)'
@@ -35,16 +48,20 @@ def main(argv=None) -> int:
     parser.add_argument(
         '--input-size',
         type=int,
-        default=256,
+        default=192,
         help='square input size for training, validation and test (pixels)',
     )
     args = parser.parse_args(argv)
     start = time.time()
     work_dir = osp.abspath(args.work_dir)
     data_root = osp.join(work_dir, 'data', 'coco')
-    if not osp.isfile(osp.join(data_root, 'annotations', 'instances_val2017.json')):
-        make_coco_shapes(data_root, num_train=32, num_val=8)
-    print(f'[quickstart] data: {data_root} (32 train / 8 val images, COCO format)', flush=True)
+    if generated_counts(data_root) != QUICKSTART_IMAGES:  # none yet, or an older quickstart's
+        make_coco_shapes(data_root, **QUICKSTART_IMAGES)
+    print(
+        f'[quickstart] data: {data_root} ({QUICKSTART_IMAGES["num_train"]} train / '
+        f'{QUICKSTART_IMAGES["num_val"]} val images, COCO format)',
+        flush=True,
+    )
 
     cfg = quickstart_config(
         data_root,

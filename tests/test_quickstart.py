@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from mobileone_dense.apis.quickstart import QUICKSTART_IMAGES
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 GUARD = osp.join(REPO, 'tests', 'mmcv_kernel_guard.py')
 MAP50_FLOOR = 0.9
@@ -99,7 +101,7 @@ def test_test_tool_predictions_equal_the_mmcv_path(quickstart, tmp_path):
         predictions = pickle.load(f)
     with open(tmp_path / 'mmcv.pkl', 'rb') as f:
         references = pickle.load(f)
-    assert len(predictions) == len(references) == 8
+    assert len(predictions) == len(references) == QUICKSTART_IMAGES['num_val']
     kept = 0
     for prediction, reference in zip(predictions, references):
         assert prediction['img_path'] == reference['img_path']

@@ -162,7 +162,16 @@ def run_env():
 
 
 def prepare_training(
-    arch, root, data, max_epochs, curriculum, batch_size, split_at=None, ema_momentum=None, lr=None
+    arch,
+    root,
+    data,
+    max_epochs,
+    curriculum,
+    batch_size,
+    split_at=None,
+    ema_momentum=None,
+    lr=None,
+    seed=0,
 ):
     """The real config, with only data paths, epochs (schedulers and curriculum scaled with
     `set_imagenet_schedule`), image sizes and batch size changed, and a probe hook added, written
@@ -180,7 +189,7 @@ def prepare_training(
     probe_file = str(root / 'probe.jsonl')
     cfg.custom_imports.imports = list(cfg.custom_imports.imports) + ['classification_probe']
     cfg.custom_hooks.append(dict(type='ClassificationProbeHook', out_file=probe_file))
-    cfg.randomness = dict(seed=0)
+    cfg.randomness = dict(seed=seed)
     config = str(root / f'mobileone_{arch}_imagenet.py')
     cfg.dump(config)
     work_dir = str(root / 'work')
@@ -217,7 +226,7 @@ def generated_imagenet(root, train_per_class):
     )['root']
 
 
-def prepare_classifier(root):
+def prepare_classifier(root, seed=0):
     """S0 learning run through tools/train.py: 10 epochs of 12 steps of 16 images (4 classes x 48).
 
     Two changes, only here: EMA momentum 0.2 instead of 5e-4 (the paper's 0.9995 decay would
@@ -237,6 +246,7 @@ def prepare_classifier(root):
         batch_size=16,
         ema_momentum=0.2,
         lr=0.03,
+        seed=seed,
     )
 
     def run():
@@ -277,7 +287,7 @@ def prepare_s2_resume(root):
 LEARNING_ITERS = 120
 
 
-def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128, lr=3e-3):
+def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128, lr=3e-3, seed=0):
     """The real S0 VOC config on small images: small crops, batch 8, higher lr, short schedule."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplabv3_mobileone_s0_voc.py'))
     crop = (crop_size, crop_size)
@@ -310,7 +320,7 @@ def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128,
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=20)
     cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=0)
+    cfg.randomness = dict(seed=seed)
     return cfg
 
 
@@ -320,7 +330,7 @@ def miou_printed_by(out):
     return float(line.split('mIoU:')[1].split()[0])
 
 
-def prepare_segmentor(root):
+def prepare_segmentor(root, seed=0):
     """The real S0 VOC config (learning settings: data, crops, batch, schedule) and generated VOC
     data, written here; the run trains it by tools/train.py, then tools/test.py on its training
     and its deploy checkpoint."""
@@ -334,7 +344,7 @@ def prepare_segmentor(root):
     )
     work_dir = osp.join(root, 'work')
     config = osp.join(root, 'deeplabv3_mobileone_s0_voc.py')
-    learning_config(voc, work_dir).dump(config)
+    learning_config(voc, work_dir, seed=seed).dump(config)
     return functools.partial(_learn_segmentor, root, voc, work_dir, config)
 
 

@@ -3,7 +3,8 @@
 Prints one row per arch: deploy-form parameters and multiply-accumulates of backbone + global
 pool + 1000-class linear head at 224x224 beside the paper's Tables 9/13, and the
 deploy-vs-train-time error
-(max |difference| relative to the output's max magnitude, eval mode, randomized BN statistics).
+(max |difference| relative to the output's max magnitude, in float64, eval mode, randomized BN
+statistics).
 
     python tools/analysis/model_complexity.py [--archs s0 s1 ...] [--input-size 224]
     python tools/analysis/model_complexity.py --configs CONFIG [CONFIG ...] [--input-size 320]
