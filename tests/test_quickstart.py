@@ -22,7 +22,10 @@ from mobileone_dense.apis.quickstart import QUICKSTART_IMAGES
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 GUARD = osp.join(REPO, 'tests', 'mmcv_kernel_guard.py')
-MAP50_FLOOR = 0.9
+# The worst run of the robustness matrix (tools/analysis/learning_robustness.py: 6 seeds x 1 and
+# 2 threads x two kernel sets, docs/get_started.md) less a margin; the untrained model stays
+# below 0.5 (test below).
+MAP50_FLOOR = 0.8
 
 
 def printed_path(out: str, label: str) -> str:
