@@ -5,7 +5,7 @@
 Generates a small COCO-format set (JPEG files + instances_*.json of shapes on varied
 backgrounds), trains the real S0 detection config on it on the CPU (shortened schedule, see
 mobileone_dense.apis.quickstart_config), validates the deploy model with mmdet's CocoMetric,
-tests it, and draws the deploy model's detections on a validation image.
+and draws the deploy model's detections on a validation image.
 """
 
 import argparse
@@ -80,7 +80,12 @@ def main(argv=None) -> int:
     )
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, ReparameterizeHook))
-    metrics = runner.test()  # the hook re-parameterizes the model before testing
+    # The metrics printed are those of the deploy files just written: validation runs on a deploy
+    # copy of the EMA weights, as they were saved. (An in-process runner.test() after training
+    # re-parameterizes in place around EMAHook's weight swap and scored a different mAP than the
+    # written deploy checkpoint, its tools/test.py run and its ONNX export: not yet explained,
+    # docs/get_started.md has the figures.)
+    metrics = runner.val()
 
     image_path = sorted(glob.glob(osp.join(data_root, 'val2017', '*.jpg')))[0]
     model = init_model(hook.deploy_files['config'], hook.deploy_files['checkpoint'])
