@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from torchvision.ops import box_iou
 
 from ..errors import OnnxParityError
 from .onnx_export import exportable_task, onnx_session
@@ -63,8 +64,6 @@ def unexplained_detections(
 
     Everything else is a real difference. Arrays as in :func:`match_detections`.
     """
-    from torchvision.ops import box_iou
-
     at_cut = np.abs(lone['scores'] - cut) <= score_tol
     if not len(other['scores']) or not len(lone['scores']):
         return ~at_cut
