@@ -84,9 +84,9 @@ def main(argv=None) -> int:
     runner.train()
     hook = next(h for h in runner.hooks if isinstance(h, ReparameterizeHook))
     # The metrics printed are those of the deploy files just written, tested as tools/test.py
-    # tests them (a fresh runner from the deploy config). An in-process runner.test() after
-    # training re-parameterizes in place around EMAHook's weight swap and scored a different mAP
-    # than the written files: not yet explained, docs/get_started.md has the figures.
+    # tests them (a fresh runner from the deploy config). Not an in-process runner.test(): it
+    # calls every hook's before_run again, and mmengine's EMAHook.before_run rebuilds the
+    # averaged copy from the current weights, so it would test the last step's weights.
     deploy_cfg = Config.fromfile(hook.deploy_files['config'])
     deploy_cfg.work_dir = osp.join(work_dir, 'deploy_test')
     deploy_cfg.log_level = 'WARNING'
