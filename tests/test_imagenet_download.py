@@ -194,7 +194,8 @@ def test_a_cached_file_of_another_arch_names_its_arch(s0_settings, cache, holds)
     with pytest.raises(WeightsMismatchError) as error:
         s0_backbone(s0_settings).init_weights()
     holds = 'MobileOne-s1 backbone' if holds == 's1' else 'no MobileOne weights'
-    assert_one_line(str(error.value), repr(path), holds, 'not weights of the MobileOne-s0', 'delete')
+    expected = (repr(path), holds, 'not weights of the MobileOne-s0', 'delete')
+    assert_one_line(str(error.value), *expected)
 
 
 def test_a_bad_timeout_setting_is_named(s0_settings, cache, monkeypatch):
