@@ -6,8 +6,6 @@ import torch
 from apple_reference import apple_imagenet_url, save_apple_checkpoint
 from background_runs import RUNS, SUITE_THREADS, BackgroundRuns, apply_thread_policy, order_of
 
-from mobileone_dense.converters.download import hub_cache_path
-
 # Two cores: keep intra-op threads fixed so the suite's run time is predictable.
 torch.set_num_threads(SUITE_THREADS)
 
@@ -74,6 +72,8 @@ def apple_checkpoints(no_network):
     (random weights in Apple's layout, ``apple_reference.save_apple_checkpoint``) where the
     configs' download would put it, in the session's torch hub cache; returns the Apple model
     (eval) it holds. Each arch is made once per session, when a test first asks for it."""
+    from mobileone_dense.converters.download import hub_cache_path
+
     made = {}
 
     def seed(arch: str):
