@@ -4,7 +4,7 @@ _base_ = ['./_base_/ssdlite_mobileone_coco.py']
 arch = 's1'
 channels = (512, 1280)
 model = dict(
-    backbone=dict(arch=arch),
+    backbone=dict(arch=arch, init_cfg=dict(checkpoint=_base_.apple_imagenet.format(arch))),
     neck=dict(in_channels=channels, out_channels=channels + (512, 256, 256, 128)),
     bbox_head=dict(in_channels=channels + (512, 256, 256, 128)),
 )

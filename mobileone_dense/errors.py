@@ -26,6 +26,11 @@ class CheckpointError(InputError, RuntimeError):
     """A checkpoint file that cannot be read (truncated, not a torch checkpoint, unsafe)."""
 
 
+class DownloadError(InputError, ConnectionError):
+    """A file that could not be downloaded (no network, no answer in time, an HTTP error, a
+    download cut short): the message names the URL and where to put the file by hand."""
+
+
 class WeightsMismatchError(InputError, ValueError):
     """Weights that do not fit the model (another variant, another task, deploy vs
     train-time form)."""

@@ -3,13 +3,33 @@
 Only what determines its state-dict layout and its function is kept: ``stage0`` (stem) ...
 ``stage4``, blocks with ``rbr_skip`` (BN), ``rbr_conv`` (k conv-BN), ``rbr_scale`` (1x1 conv-BN),
 ``se`` (reduce/expand), ``reparam_conv`` in inference mode, and ``linear``. Used to check that
-Apple's
-checkpoints convert to identical features.
+Apple's checkpoints convert to identical features, and to write stand-ins for Apple's release
+(its file layout: a plain state dict) where the tests need them offline.
 """
+
+import os
+import os.path as osp
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.config import Config
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def apple_imagenet_url(arch: str) -> str:
+    """The URL of Apple's train-time ImageNet checkpoint of ``arch`` ('s0'...'s4'), as the
+    configs give it (``configs/_base_/apple_imagenet_weights.py``)."""
+    base = osp.join(REPO, 'configs', '_base_', 'apple_imagenet_weights.py')
+    return Config.fromfile(base).apple_imagenet.format(arch)
+
+
+def apple_init_cfg(arch: str) -> dict:
+    """The backbone ``init_cfg`` of the detection and segmentation configs of ``arch``: Apple's
+    weights (S4's for ``s4_no_se``)."""
+    weights = 's4' if arch == 's4_no_se' else arch
+    return dict(type='Pretrained', checkpoint=apple_imagenet_url(weights), prefix='backbone.')
 
 
 class SEBlock(nn.Module):
@@ -124,3 +144,31 @@ class AppleMobileOne(nn.Module):
 
     def forward(self, x):
         return self.linear(torch.flatten(self.gap(self.forward_features(x)), 1))
+
+
+def randomized(model, seed=0):
+    """Random weights and BN statistics of a well-conditioned net (activations stay O(1))."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_in = module.weight[0].numel()
+            nn.init.normal_(module.weight, std=0.7 * fan_in**-0.5)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=0.05)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(std=0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.3, 0.6)
+            module.bias.data.normal_(std=0.05)
+    model.eval()
+    return model
+
+
+def save_apple_checkpoint(arch: str, path: str, seed: int = 0) -> AppleMobileOne:
+    """Write a train-time checkpoint in the layout of Apple's ``mobileone_<arch>_unfused.pth.tar``
+    (random weights, ``randomized``) to ``path``, through a rename; returns the model (eval)."""
+    model = randomized(AppleMobileOne(arch), seed=seed)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    torch.save(model.state_dict(), path + '.tmp')
+    os.replace(path + '.tmp', path)
+    return model

@@ -1,7 +1,9 @@
 import os
+import socket
 
 import pytest
 import torch
+from apple_reference import apple_imagenet_url, save_apple_checkpoint
 from background_runs import RUNS, SUITE_THREADS, BackgroundRuns, apply_thread_policy, order_of
 
 # Two cores: keep intra-op threads fixed so the suite's run time is predictable.
@@ -37,9 +39,55 @@ _NEEDED = pytest.StashKey[set]()
 _RUNS: BackgroundRuns = None
 
 
+PROXY_VARIABLES = ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY')
+
+
 @pytest.fixture(scope='session', autouse=True)
-def training_runs(request, tmp_path_factory):
-    """Starts the training runs the collected tests need, in the background."""
+def no_network(tmp_path_factory):
+    """Nothing in the suite reaches the network, and a test that tries fails at once, loudly.
+
+    torch's hub cache (``TORCH_HOME``) is an empty folder of the session, and every HTTP(S)
+    request goes through a proxy on a local port that refuses connections (bound, never
+    listening: no other process can take it), so a config's ImageNet download raises our
+    offline error instead of downloading; subprocesses inherit both. Tests that need Apple's
+    checkpoints seed the cache (``apple_checkpoints``). Yields the refusing proxy's URL.
+    """
+    refusing = socket.socket()
+    refusing.bind(('127.0.0.1', 0))
+    proxy = f'http://127.0.0.1:{refusing.getsockname()[1]}'
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('TORCH_HOME', str(tmp_path_factory.mktemp('torch_home')))
+        for name in PROXY_VARIABLES:
+            patch.setenv(name, proxy)
+        for name in ('no_proxy', 'NO_PROXY'):
+            patch.delenv(name, raising=False)
+        patch.setenv('PIP_DISABLE_PIP_VERSION_CHECK', '1')  # pip's own look-up of its version
+        yield proxy
+    refusing.close()
+
+
+@pytest.fixture(scope='session')
+def apple_checkpoints(no_network):
+    """``apple_checkpoints('s1')``: writes a stand-in for Apple's ``mobileone_s1_unfused.pth.tar``
+    (random weights in Apple's layout, ``apple_reference.save_apple_checkpoint``) where the
+    configs' download would put it, in the session's torch hub cache; returns the Apple model
+    (eval) it holds. Each arch is made once per session, when a test first asks for it."""
+    from mobileone_dense.converters.download import hub_cache_path
+
+    made = {}
+
+    def seed(arch: str):
+        if arch not in made:
+            made[arch] = save_apple_checkpoint(arch, hub_cache_path(apple_imagenet_url(arch)))
+        return made[arch]
+
+    return seed
+
+
+@pytest.fixture(scope='session', autouse=True)
+def training_runs(request, tmp_path_factory, no_network):
+    """Starts the training runs the collected tests need, in the background (after
+    ``no_network``: the runs inherit its environment)."""
     global _RUNS
     _RUNS = BackgroundRuns()
     folders = {name: str(tmp_path_factory.mktemp(name)) for name in RUNS}

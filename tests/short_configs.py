@@ -1,4 +1,5 @@
-"""Each task's real S0 config on tiny generated data: only data, lengths, sizes and batch change.
+"""Each task's real S0 config on tiny generated data: only data, lengths, sizes and batch change
+(and the detection and segmentation backbones start from scratch: no ImageNet download).
 
 Shared by the distributed tests (2 CPU processes) and the CUDA tests; the caller sets what is
 specific to its run (backend, hooks, loaders) and dumps the config for the tools.
@@ -37,6 +38,7 @@ def short_detection_config(
         cfg[evaluator].ann_file = data + 'annotations/instances_val2017.json'
     cfg.train_cfg.update(max_epochs=1, val_interval=1)
     cfg.model.test_cfg.score_thr = 0.0  # keep the untrained model's boxes: a non-zero mAP
+    cfg.model.backbone.init_cfg = None
     return cfg
 
 
@@ -59,6 +61,7 @@ def short_segmentation_config(root: str, max_iters: int = 2, num_val: int = 5) -
             elif transform['type'].endswith('RandomCrop'):
                 transform['crop_size'] = (64, 64)
     cfg.model.data_preprocessor.size = (64, 64)
+    cfg.model.backbone.init_cfg = None
     cfg.train_cfg.update(max_iters=max_iters, val_interval=max_iters)
     cfg.default_hooks.checkpoint.interval = max_iters
     return cfg

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from apple_reference import AppleMobileOne
+from apple_reference import AppleMobileOne, randomized
 
 from mobileone_dense import MobileOne, reparameterize
 from mobileone_dense.converters import (
@@ -24,24 +24,6 @@ TOLERANCE = 1e-5
 
 def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def randomized(model, seed=0):
-    """Random weights and BN statistics of a well-conditioned net (activations stay O(1))."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = module.weight[0].numel()
-            nn.init.normal_(module.weight, std=0.7 * fan_in**-0.5)
-            if module.bias is not None:
-                nn.init.normal_(module.bias, std=0.05)
-        elif isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_(std=0.1)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.3, 0.6)
-            module.bias.data.normal_(std=0.05)
-    model.eval()
-    return model
 
 
 def ours_from(state_dict, arch, deploy, source='auto'):

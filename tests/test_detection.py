@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from apple_reference import apple_imagenet_url, apple_init_cfg
 from mmengine.config import Config
 
 from mobileone_dense.apis import build_model_from_config
@@ -58,6 +59,10 @@ def detection_batch(model, num_images=2, size=320):
 def test_every_config_builds_and_trains_a_step(arch):
     cfg = Config.fromfile(config_path(arch))
     assert cfg.model.backbone.arch == arch
+    # Apple's ImageNet weights of the arch, with the BN eps they were trained with
+    assert cfg.model.backbone.init_cfg == apple_init_cfg(arch)
+    assert cfg.model.backbone.norm_cfg == dict(type='BN', eps=1e-5, momentum=0.03)
+    assert cfg.model.neck.norm_cfg.eps == cfg.model.bbox_head.norm_cfg.eps == 0.001
     c2, c3 = stage_channels(arch)[2:]
     assert tuple(cfg.model.neck.in_channels) == (c2, c3)
     assert tuple(cfg.model.bbox_head.in_channels) == (c2, c3, 512, 256, 256, 128)
@@ -94,8 +99,8 @@ def test_recipe_of_the_paper():
     for pipeline in (cfg.train_dataloader.dataset.pipeline, cfg.test_dataloader.dataset.pipeline):
         resize = next(t for t in pipeline if t.type == 'Resize')
         assert tuple(resize.scale) == (320, 320)
-    text = cfg.pretty_text
-    assert 'http' not in text, 'configs must not download anything'
+    urls = set(re.findall(r'https?://[^\'"\s]+', cfg.pretty_text))
+    assert urls == {cfg.apple_imagenet, apple_imagenet_url('s2')}, 'downloads only the backbone'
 
 
 def test_mmdet_ssdhead_predict_crashes_and_ours_does_not():

@@ -4,6 +4,7 @@ learning."""
 import importlib.util
 import json
 import os.path as osp
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,11 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from apple_reference import apple_imagenet_url, apple_init_cfg
 from mmengine.config import Config
 from PIL import Image
 from trained_runs import learning_config, miou_printed_by, run_tool
 
 from mobileone_dense.apis import build_model_from_config
+from mobileone_dense.converters.download import hub_cache_path
 from mobileone_dense.datasets import make_ade20k_shapes, make_voc_shapes
 from mobileone_dense.models import stage_channels
 
@@ -59,7 +62,11 @@ def test_every_config_builds_and_trains_a_step(arch):
         assert tuple(backbone.strides) == (2, 2, 1, 1) and tuple(backbone.dilations) == (1, 1, 2, 4)
         assert cfg.model.decode_head.in_channels == stage_channels(backbone.arch)[3]
         assert cfg.model.decode_head.num_classes == (150 if dataset == 'ade20k' else 21)
-        assert 'http' not in cfg.pretty_text, 'configs must not download anything'
+        # Apple's ImageNet weights of the arch (S4's for s4_no_se), nothing else downloads
+        assert backbone.init_cfg == apple_init_cfg(backbone.arch)
+        urls = set(re.findall(r'https?://[^\'"\s]+', cfg.pretty_text))
+        assert urls == {cfg.apple_imagenet, backbone.init_cfg.checkpoint}
+        assert backbone.norm_cfg.get('eps', 1e-5) == 1e-5  # as Apple's weights were trained
     # joint COCO + VOC training changes the data, not the model
     assert configs['voc'].model == configs['voc_coco'].model
     # The 512x512 crop for S0; S1-S4 at 128x128 to keep the suite in its time budget (the
@@ -418,9 +425,11 @@ def test_deeplabv3_s0_learns_the_generated_shapes(learned_segmentor, tmp_path):
     assert untrained['mIoU'] < 60, untrained
 
 
-def test_ade20k_config_trains_and_tests(tmp_path):
+def test_ade20k_config_trains_and_tests(tmp_path, apple_checkpoints):
     """The ADE20K config (150 classes, reduce_zero_label) through tools/train.py and
-    tools/test.py, on generated ADE20K data at 64 px."""
+    tools/test.py, on generated ADE20K data at 64 px; the backbone starts from (a stand-in for)
+    Apple's S0 checkpoint in torch's hub cache, with the network blocked (``no_network``)."""
+    apple_checkpoints('s0')
     ade = make_ade20k_shapes(
         str(tmp_path / 'ADEChallengeData2016'), num_train=4, num_val=2, image_size=(64, 64)
     )
@@ -449,6 +458,9 @@ def test_ade20k_config_trains_and_tests(tmp_path):
         '--cfg-options',
         *options,
     )
+    cached = hub_cache_path(apple_imagenet_url('s0'))
+    assert f'initialized the MobileOne-s0 backbone from {cached!r}' in log
+    assert 'downloading' not in log
     assert 'ReparameterizeHook: deploy vs train-time model on a validation batch' in log
     out = run_tool(
         osp.join(REPO, 'tools', 'test.py'),

@@ -53,7 +53,8 @@ def test_plain_python_does_not_import_mmengine_or_us():
     assert result.stdout.strip() == "['mobileone_dense_mmengine_scope']", result.stdout
 
 
-def test_mmdet_train_and_test_tools_run_a_config_inheriting_ours(tmp_path):
+def test_mmdet_train_and_test_tools_run_a_config_inheriting_ours(tmp_path, apple_checkpoints):
+    apple_checkpoints('s0')  # the config's backbone init, in the session's torch hub cache
     data = str(tmp_path / 'coco') + '/'
     make_coco_shapes(data, num_train=4, num_val=2, image_size=(64, 64))
     config = tmp_path / 'my_ssdlite.py'
@@ -78,6 +79,7 @@ def test_mmdet_train_and_test_tools_run_a_config_inheriting_ours(tmp_path):
     out = run_tool(
         osp.join(MMDET_TOOLS, 'train.py'), str(config), '--work-dir', work_dir, cwd=str(tmp_path)
     )
+    assert 'initialized the MobileOne-s0 backbone from' in out
     assert 'ReparameterizeHook: deploy vs train-time model on a validation batch' in out
     assert 'coco/bbox_mAP_50:' in out
     deploy = [osp.join(work_dir, name) for name in ('epoch_1_deploy.pth', 'my_ssdlite_deploy.py')]
@@ -93,7 +95,8 @@ def test_mmdet_train_and_test_tools_run_a_config_inheriting_ours(tmp_path):
     assert 'coco/bbox_mAP_50:' in out
 
 
-def test_mmseg_train_tool_runs_a_config_inheriting_ours(tmp_path):
+def test_mmseg_train_tool_runs_a_config_inheriting_ours(tmp_path, apple_checkpoints):
+    apple_checkpoints('s0')  # the config's backbone init, in the session's torch hub cache
     voc = make_voc_shapes(
         str(tmp_path / 'VOCdevkit'), num_train=2, num_aug=2, num_val=2, image_size=(64, 64)
     )
@@ -128,6 +131,7 @@ def test_mmseg_train_tool_runs_a_config_inheriting_ours(tmp_path):
     out = run_tool(
         osp.join(MMSEG_TOOLS, 'train.py'), str(config), '--work-dir', work_dir, cwd=str(tmp_path)
     )
+    assert 'initialized the MobileOne-s0 backbone from' in out
     assert 'ReparameterizeHook: deploy vs train-time model on a validation batch' in out
     assert 'mIoU' in out
     assert osp.isfile(osp.join(work_dir, 'iter_2_deploy.pth'))

@@ -290,6 +290,7 @@ LEARNING_ITERS = 120
 def learning_config(voc_root, work_dir, max_iters=LEARNING_ITERS, crop_size=128, lr=3e-3, seed=0):
     """The real S0 VOC config on small images: small crops, batch 8, higher lr, short schedule."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplabv3_mobileone_s0_voc.py'))
+    cfg.model.backbone.init_cfg = None  # learns from scratch, as its settings were measured
     crop = (crop_size, crop_size)
     cfg.model.data_preprocessor.size = crop
     for dataset in cfg.train_dataloader.dataset.datasets:

@@ -5,6 +5,7 @@ _base_ = [
     'mmseg::_base_/models/deeplabv3_r50-d8.py',
     'mmseg::_base_/default_runtime.py',
     './mobileone_dense.py',
+    './apple_imagenet_weights.py',
 ]
 
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # reverted to BN by single-process runs
@@ -22,9 +23,11 @@ model = dict(
         strides=(2, 2, 1, 1),
         dilations=(1, 1, 2, 4),
         norm_cfg=norm_cfg,
-        # From scratch by default; the paper starts from ImageNet weights:
-        # init_cfg=dict(type='Pretrained', checkpoint='s0_imagenet.pth', prefix='backbone.')
-        init_cfg=None,
+        # Apple's ImageNet weights of the arch, as the paper fine-tunes (variant files name
+        # theirs). From scratch: init_cfg=None (--cfg-options model.backbone.init_cfg=None).
+        init_cfg=dict(
+            type='Pretrained', checkpoint=_base_.apple_imagenet.format('s0'), prefix='backbone.'
+        ),
     ),
     # ASPP as in MobileViT's DeepLabV3: 256 channels, rates 12/24/36 at output stride 8.
     decode_head=dict(

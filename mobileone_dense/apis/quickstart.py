@@ -55,9 +55,11 @@ def quickstart_config(
     averaged weights the end result no longer follows the last few steps of a noisy
     small-batch trajectory, which is what made the outcome depend on the CPU's floating-point
     rounding. The backbone keeps the BN settings it was measured with (``norm_cfg`` below),
-    whatever the detection config's default becomes. Validation runs once at the end, on the
-    deploy model. docs/get_started.md ("What `make demo` does") has the robustness matrix
-    (seeds x threads x kernel sets) of these defaults and the schedules tried before.
+    whatever the detection config's default becomes, and starts from scratch (the config's
+    default downloads Apple's ImageNet weights; the quickstart runs offline). Validation runs
+    once at the end, on the deploy model. docs/get_started.md ("What `make demo` does") has the
+    robustness matrix (seeds x threads x kernel sets) of these defaults and the schedules tried
+    before.
     """
     cfg = Config.fromfile(config)
     use_coco_folder(cfg, data_root)
@@ -93,6 +95,7 @@ def quickstart_config(
         ),
     ]
     cfg.model.backbone.norm_cfg = dict(type='BN', eps=0.001, momentum=0.03)
+    cfg.model.backbone.init_cfg = None  # from scratch, offline: no ImageNet download
     cfg.optim_wrapper.optimizer.lr = lr
     cfg.optim_wrapper.clip_grad = dict(max_norm=clip_grad_norm, norm_type=2)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=max_iters, by_epoch=False)

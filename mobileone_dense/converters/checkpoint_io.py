@@ -1,6 +1,7 @@
 """Loading checkpoints safely (``weights_only=True``) and explaining failures."""
 
 import contextlib
+import errno
 import os.path as osp
 import pickle
 from typing import Any, Dict, Iterator
@@ -52,13 +53,24 @@ def allow_mmengine_checkpoints() -> Iterator[None]:
         yield
 
 
-def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, Any]:
+# What torch's weights-only unpickler says of bytes that are no pickle at all (an HTML page
+# saved under a checkpoint's name, a cut file of the legacy format), unlike a pickle of objects
+# it does not allow
+_NOT_A_PICKLE = ('Unsupported operand', 'invalid load key', 'truncated')
+
+
+def load_checkpoint_file(
+    path: str,
+    run_checkpoint: bool = False,
+    corrupt_fix: str = 're-download it, or re-save it from the run that wrote it',
+) -> Dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` onto the CPU.
 
     Args:
         path: the file.
         run_checkpoint: also accept the extra objects of an mmengine training checkpoint
             (message hub with numpy history); use it only for checkpoints of your own runs.
+        corrupt_fix: what the error for a truncated or corrupt file tells the user to do.
     """
     if not osp.isfile(path):
         raise MissingDataError(
@@ -66,10 +78,18 @@ def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, A
             'paths start from the current directory)'
         )
     context = allow_mmengine_checkpoints() if run_checkpoint else contextlib.nullcontext()
+    corrupt = (
+        f'checkpoint {path!r} is truncated or corrupt (or not a torch checkpoint): '
+        '{}; ' + corrupt_fix
+    )
     try:
         with context:
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines()]
+        garbage = next((line for line in lines if any(w in line for w in _NOT_A_PICKLE)), None)
+        if garbage is not None:  # not a checkpoint holding objects: do not call it unsafe
+            raise CheckpointError(corrupt.format(garbage)) from None
         raise CheckpointError(
             f'refusing to load {path!r}: it contains pickled Python objects that weights_only '
             'loading does not allow, and unpickling arbitrary objects can run code. If you trust '
@@ -77,14 +97,17 @@ def load_checkpoint_file(path: str, run_checkpoint: bool = False) -> Dict[str, A
             'weights_only=False)["state_dict"]; torch.save(sd, "weights.pth")`, and use that. '
             f'Details: {str(error).splitlines()[0]}'
         ) from error
-    except (RuntimeError, EOFError) as error:
-        if 'zip' in str(error).lower() or isinstance(error, EOFError) or 'magic' in str(error):
+    except (RuntimeError, EOFError, OSError) as error:
+        # torch's zip reader: RuntimeError without a central directory, OSError EINVAL when
+        # a record runs past the end of a cut file
+        invalid = isinstance(error, OSError) and error.errno == errno.EINVAL
+        if (
+            invalid
+            or isinstance(error, EOFError)
+            or any(word in str(error).lower() for word in ('zip', 'magic'))
+        ):
             # `from None`: torch's own traceback adds nothing to this message
-            raise CheckpointError(
-                f'checkpoint {path!r} is truncated or corrupt (or not a torch '
-                f'checkpoint): {str(error).splitlines()[0]}; re-download it, '
-                'or re-save it from the run that wrote it'
-            ) from None
+            raise CheckpointError(corrupt.format(str(error).splitlines()[0])) from None
         raise
     if not isinstance(checkpoint, dict):
         raise CheckpointError(

@@ -1,6 +1,6 @@
 """Strict loading of weights into a MobileOne backbone, with errors that say what to change."""
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,7 @@ from ..models import ARCH_SETTINGS, MobileOne
 from ..models.reparameterize import load_deploy_state_dict
 from ..registry import WEIGHT_LOADERS
 from .checkpoint_io import load_checkpoint_file, state_dict_of
+from .download import cached_download, is_url
 from .mobileone import backbone_state_dict, convert_state_dict, is_deploy_state_dict
 
 
@@ -108,36 +109,100 @@ def load_pretrained_backbone(
 
     Accepts our own checkpoints (classifier, detector, segmentor or bare backbone) and Apple, timm
     or mmpretrain MobileOne weights; ``prefix`` selects the backbone inside a larger model
-    (e.g. ``'backbone.'``). Deploy weights (a deploy checkpoint) initialize a train-time backbone
+    (e.g. ``'backbone.'``). ``checkpoint`` may be an ``http(s)://`` URL (the detection and
+    segmentation configs give Apple's): it is downloaded once into torch's hub cache
+    (:func:`~.download.cached_download`) and loaded weights-only from there, and a cached file
+    that cannot be used (truncated, another arch) raises an error naming the file to delete.
+    Deploy weights (a deploy checkpoint) initialize a train-time backbone
     through :func:`~mobileone_dense.models.reparameterize.load_deploy_state_dict` (same function
-    in eval mode, trainable branches) and say so in the log. Unlike mmengine's
-    ``PretrainedInit`` (which only logs mismatches), anything that does not fit raises.
+    in eval mode, trainable branches) and say so in the log. An ``s4_no_se`` backbone takes S4
+    weights without their squeeze-excite layers (logged). Unlike mmengine's
+    ``PretrainedInit`` (which only logs mismatches), anything else that does not fit raises.
     """
-    raw = state_dict_of(load_checkpoint_file(checkpoint, run_checkpoint=True))
+    if not is_url(checkpoint):
+        weights = _backbone_weights(checkpoint, prefix, run_checkpoint=True)
+        _load_backbone(backbone, weights, f'checkpoint {checkpoint!r}')
+        return
+    path = cached_download(checkpoint)
+    delete = 'delete it (the next run downloads it again)'
+    source = f'{path!r} (the cached download of {checkpoint})'
+    weights = {}
+    try:
+        weights = _backbone_weights(path, prefix, corrupt_fix=delete)
+        _load_backbone(backbone, weights, source)
+    except ValueError:  # weights of another arch, or no MobileOne weights at all
+        described = (describe_weights(weights) if weights else '') or 'no MobileOne weights'
+        raise WeightsMismatchError(
+            f'{source} holds {described}, not weights of the MobileOne-{backbone.arch_name} '
+            f'backbone of the config: {delete}, or give the config the URL of the weights '
+            'of its arch'
+        ) from None
+
+
+def _backbone_weights(path: str, prefix: Optional[str], **load_options) -> Dict[str, torch.Tensor]:
+    """The (``backbone.``-less) MobileOne backbone weights of a checkpoint file, converted to
+    our layout. ``load_options`` go to ``load_checkpoint_file``."""
+    raw = state_dict_of(load_checkpoint_file(path, **load_options))
     if prefix and any(k.startswith(prefix) for k in raw):
         raw = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     # else: public weights (Apple, timm) have no prefix; conversion finds the backbone keys.
-    converted = convert_state_dict(raw, strict=False)
-    weights = backbone_state_dict(converted)
+    weights = backbone_state_dict(convert_state_dict(raw, strict=False))
     if not weights:
         raise WeightsMismatchError(
-            f'{checkpoint!r} holds no MobileOne backbone weights'
+            f'{path!r} holds no MobileOne backbone weights'
             f'{" under prefix " + repr(prefix) if prefix else ""}'
         )
+    return weights
+
+
+def _load_backbone(backbone: nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
+    """Load converted backbone weights strictly (deploy weights into branches, S4 weights
+    into ``s4_no_se`` without their SE layers) and log what was loaded."""
+    weights, left_out = _without_squeeze_excite(backbone, weights)
     if is_deploy_state_dict(weights) and not is_deploy_state_dict(backbone.state_dict()):
         # fine-tuning from a deploy checkpoint: the branches are set so that the train-time
         # backbone in eval mode computes the deploy one's function
         load_deploy_state_dict(backbone, weights)
         print_log(
             f'initialized the train-time branches of the MobileOne backbone from the '
-            f'deploy weights of {checkpoint!r}: the first conv branch of every block '
+            f'deploy weights of {source}: the first conv branch of every block '
             'carries the deploy kernel (its BN the identity plus the deploy bias), the '
             'other branches start at zero output; in eval mode it computes the deploy '
             'model',
             logger='current',
         )
-        return
-    load_weights_strictly(backbone, weights, source=f'checkpoint {checkpoint!r}')
+    else:
+        load_weights_strictly(backbone, weights, source=source)
+        print_log(
+            f'initialized the MobileOne-{backbone.arch_name} backbone from {source}',
+            logger='current',
+        )
+    if left_out:
+        blocks = sorted({k.rsplit('.se.', 1)[0] for k in left_out}, key=_natural)
+        print_log(
+            f'left out the squeeze-excite weights ({len(left_out)} tensors) of {source}, '
+            f'blocks {_short_list(blocks, limit=4)}: s4_no_se has no SE layers; every other '
+            'weight was loaded',
+            logger='current',
+        )
+
+
+def _without_squeeze_excite(
+    backbone: nn.Module, weights: Dict[str, torch.Tensor]
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """For an ``s4_no_se`` backbone: the weights without the SE keys it has no place for (S4's
+    ImageNet weights are trained with SE; no S4 without SE is published), and those keys.
+    Other archs get the weights unchanged (and any SE key left fails the strict load)."""
+    if getattr(backbone, 'arch_name', None) != 's4_no_se':
+        return weights, []
+    own = backbone.state_dict()
+    left_out = [k for k in weights if '.se.' in k and k not in own]
+    return {k: v for k, v in weights.items() if k not in left_out}, left_out
+
+
+def _natural(key: str) -> list:
+    """Sort key that orders ``stages.2.10`` after ``stages.2.9``."""
+    return [int(part) if part.isdigit() else part for part in key.split('.')]
 
 
 def recognise_arch(backbone_weights: Dict[str, torch.Tensor]) -> str:
