@@ -84,9 +84,7 @@ def unavailable_message(
     )
 
 
-def download_to(
-    url: str, path: str, timeout: float, alternative: str = TRAIN_FROM_SCRATCH
-) -> None:
+def download_to(url: str, path: str, timeout: float, alternative: str = TRAIN_FROM_SCRATCH) -> None:
     """Download ``url`` into the file ``path``; ``timeout`` in seconds per connect or read.
 
     The bytes go to a temporary file in ``path``'s folder, renamed to ``path`` once complete
