@@ -78,7 +78,8 @@ def build_runner(cfg: Config, mode: Optional[str] = None) -> Runner:
         cfg.merge_from_dict(check_data(cfg, mode))
         checkpoint = read_checkpoint(cfg)  # a truncated file fails before any build
         if checkpoint is not None:
-            checkpoint = adopt_public_weights(cfg, *checkpoint, mode)
+            checkpoint, settings = adopt_public_weights(cfg, *checkpoint, mode)
+            cfg.merge_from_dict(settings)
     setup_cpu_distributed(cfg)  # torchrun without a GPU: gloo group, DDP without device ids
     try:
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)

@@ -6,7 +6,7 @@ initialization does), the weights are converted to our layout when the run reads
 checkpoint, and deploy-form weights build the backbone with ``deploy=True``.
 """
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from mmengine.config import Config
 from mmengine.logging import print_log
@@ -34,21 +34,25 @@ def local_checkpoint(checkpoint: str) -> str:
     return cached_download(checkpoint, alternative=LOCAL_COPY) if is_url(checkpoint) else checkpoint
 
 
-def adopt_public_weights(cfg: Config, path: str, checkpoint: dict, mode: str) -> Tuple[str, dict]:
-    """``(path, checkpoint)`` in our layout, for the run's checks and our Runner's load.
+def adopt_public_weights(
+    cfg: Config, path: str, checkpoint: dict, mode: str
+) -> Tuple[Tuple[str, dict], Dict[str, Any]]:
+    """``((path, checkpoint), settings)``: the checkpoint in our layout, for the run's checks and
+    our Runner's load, and the config settings (``merge_from_dict`` keys) it needs.
 
     A checkpoint of Apple's, timm's or mmpretrain's MobileOne (``detect_source``) is converted to
     our classifier layout (``backbone.*``, ``head.fc.*``) under ``state_dict``; ours is returned
     unchanged. For testing (``mode == 'test'``), deploy-form backbone weights (Apple's
     ``mobileone_s0.pth.tar``, or a converted or extracted deploy backbone) that are no
-    whole-model deploy checkpoint (those re-parameterize the built model: our Runner) set
-    ``cfg.model.backbone.deploy = True`` before the model is built, and the log says so.
+    whole-model deploy checkpoint (those re-parameterize the built model: our Runner) need
+    ``model.backbone.deploy=True``, and the log says so. ``cfg`` is only read, as by the other
+    checks; the caller applies ``settings`` before building the model.
     """
     weights = state_dict_of(checkpoint)
     try:
         source = detect_source(weights)
     except ValueError:  # no MobileOne weights at all: the fit check names what they look like
-        return path, checkpoint
+        return (path, checkpoint), {}
     if source != 'mobileone_dense':
         try:
             weights = convert_state_dict(weights, source)
@@ -71,10 +75,10 @@ def adopt_public_weights(cfg: Config, path: str, checkpoint: dict, mode: str) ->
         and not is_deploy_checkpoint(checkpoint)
         and is_deploy_state_dict(backbone_state_dict(weights))
     ):
-        backbone_cfg.deploy = True
         print_log(
             f'checkpoint {path!r} holds deploy-form (re-parameterized) MobileOne weights: '
             'testing with the backbone built in deploy form (model.backbone.deploy=True)',
             logger='current',
         )
-    return path, checkpoint
+        return (path, checkpoint), {'model.backbone.deploy': True}
+    return (path, checkpoint), {}
