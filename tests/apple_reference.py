@@ -4,7 +4,9 @@ Only what determines its state-dict layout and its function is kept: ``stage0`` 
 ``stage4``, blocks with ``rbr_skip`` (BN), ``rbr_conv`` (k conv-BN), ``rbr_scale`` (1x1 conv-BN),
 ``se`` (reduce/expand), ``reparam_conv`` in inference mode, and ``linear``. Used to check that
 Apple's checkpoints convert to identical features, and to write stand-ins for Apple's release
-(its file layout: a plain state dict) where the tests need them offline.
+(its file layout: a plain state dict) where the tests need them offline, in both of Apple's
+forms: train-time (``mobileone_<arch>_unfused.pth.tar``) and deploy
+(``mobileone_<arch>.pth.tar``, the state dict after Apple's ``reparameterize_model``).
 """
 
 import os
@@ -101,6 +103,7 @@ class AppleMobileOne(nn.Module):
     def __init__(self, variant='s0', inference_mode=False, num_classes=1000):
         super().__init__()
         params = PARAMS[variant]
+        self.variant, self.num_classes = variant, num_classes
         widths = params['width_multipliers']
         self.inference_mode = inference_mode
         self.num_conv_branches = params.get('num_conv_branches', 1)
@@ -164,10 +167,66 @@ def randomized(model, seed=0):
     return model
 
 
-def save_apple_checkpoint(arch: str, path: str, seed: int = 0) -> AppleMobileOne:
-    """Write a train-time checkpoint in the layout of Apple's ``mobileone_<arch>_unfused.pth.tar``
-    (random weights, ``randomized``) to ``path``, through a rename; returns the model (eval)."""
+def _fuse_bn_tensor(branch, in_c, k, groups):
+    """Apple's ``MobileOneBlock._fuse_bn_tensor``: (kernel, bias) of a conv-BN branch, or of the
+    BN identity branch as a k x k conv."""
+    if isinstance(branch, nn.Sequential):
+        kernel, bn = branch.conv.weight, branch.bn
+    else:
+        input_dim = in_c // groups
+        kernel = torch.zeros((in_c, input_dim, k, k))
+        for i in range(in_c):
+            kernel[i, i % input_dim, k // 2, k // 2] = 1
+        bn = branch
+    std = (bn.running_var + bn.eps).sqrt()
+    t = (bn.weight / std).reshape(-1, 1, 1, 1)
+    return kernel * t, bn.bias - bn.running_mean * bn.weight / std
+
+
+def _kernel_bias(block):
+    """Apple's ``MobileOneBlock._get_kernel_bias``: the sum of the block's branches."""
+    conv = block.rbr_conv[0].conv
+    in_c, k, groups = conv.in_channels, conv.kernel_size[0], conv.groups
+    kernel, bias = 0, 0
+    if block.rbr_scale is not None:
+        scale_kernel, scale_bias = _fuse_bn_tensor(block.rbr_scale, in_c, k, groups)
+        kernel, bias = F.pad(scale_kernel, [k // 2] * 4), scale_bias
+    if block.rbr_skip is not None:
+        skip_kernel, skip_bias = _fuse_bn_tensor(block.rbr_skip, in_c, k, groups)
+        kernel, bias = kernel + skip_kernel, bias + skip_bias
+    for branch in block.rbr_conv:
+        branch_kernel, branch_bias = _fuse_bn_tensor(branch, in_c, k, groups)
+        kernel, bias = kernel + branch_kernel, bias + branch_bias
+    return kernel, bias
+
+
+@torch.no_grad()
+def reparameterized(model: AppleMobileOne) -> AppleMobileOne:
+    """What Apple's ``reparameterize_model`` makes of ``model``: an inference-mode copy whose
+    blocks each hold one ``reparam_conv`` with the sum of their branches (SE and the linear
+    layer kept); eval mode."""
+    deploy = AppleMobileOne(model.variant, inference_mode=True, num_classes=model.num_classes)
+    fused = dict(model.state_dict())
+    for name, block in model.named_modules():
+        if isinstance(block, MobileOneBlock):
+            for key in [k for k in fused if k.startswith(f'{name}.rbr_')]:
+                del fused[key]
+            kernel, bias = _kernel_bias(block)
+            fused[f'{name}.reparam_conv.weight'], fused[f'{name}.reparam_conv.bias'] = kernel, bias
+    deploy.load_state_dict(fused, strict=True)
+    return deploy.eval()
+
+
+def save_apple_checkpoint(
+    arch: str, path: str, seed: int = 0, deploy: bool = False
+) -> AppleMobileOne:
+    """Write a checkpoint in the layout of Apple's ``mobileone_<arch>_unfused.pth.tar``
+    (train-time; ``deploy=True``: of ``mobileone_<arch>.pth.tar``, the same weights
+    re-parameterized as Apple's ``reparameterize_model`` does) with random weights
+    (``randomized``) to ``path``, through a rename; returns the model it holds (eval)."""
     model = randomized(AppleMobileOne(arch), seed=seed)
+    if deploy:
+        model = reparameterized(model)
     os.makedirs(osp.dirname(path), exist_ok=True)
     torch.save(model.state_dict(), path + '.tmp')
     os.replace(path + '.tmp', path)

@@ -2,6 +2,11 @@
 
 python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
     [--cfg-options k=v ...]
+
+CHECKPOINT: a file or an http(s):// URL (downloaded once into torch's hub cache), of our runs or
+a public MobileOne classifier (Apple's mobileone_s0.pth.tar / mobileone_s0_unfused.pth.tar,
+timm's, mmpretrain's), converted on load; deploy-form weights build the backbone with
+deploy=True.
 """
 
 import argparse
@@ -18,6 +23,7 @@ from mobileone_dense.engine.launch import (
     load_config,
     parse_common_arguments,
 )
+from mobileone_dense.engine.public_weights import local_checkpoint
 from mobileone_dense.errors import InputError
 
 
@@ -25,7 +31,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a model')
     parser.add_argument('config', help='config file path')
     parser.add_argument(
-        'checkpoint', help='checkpoint file (deploy form or not, as the config says)'
+        'checkpoint',
+        help='checkpoint file or http(s):// URL: of a run of ours (deploy form or not), or a '
+        "public MobileOne classifier (Apple's, timm's, mmpretrain's; converted on load)",
     )
     parser.add_argument(
         '--out',
@@ -42,10 +50,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
+    checkpoint = local_checkpoint(args.checkpoint)  # a URL: downloaded into the hub cache
+    if not osp.isfile(checkpoint):
+        raise SystemExit(f'checkpoint {checkpoint!r} does not exist')
     cfg = load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
-    cfg.load_from = args.checkpoint
+    cfg.load_from = checkpoint
     cfg.resume = False
     runner = build_runner(cfg, mode='test')  # checks data and checkpoint first
     if args.out is not None:

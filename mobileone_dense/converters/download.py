@@ -30,6 +30,8 @@ TIMEOUT_VARIABLE = 'MOBILEONE_DENSE_DOWNLOAD_TIMEOUT'
 DEFAULT_TIMEOUT = 60.0
 
 SCRATCH_OPTION = '--cfg-options model.backbone.init_cfg=None'
+# What a training run can do instead of downloading (the end of the offline message).
+TRAIN_FROM_SCRATCH = f'train the backbone from scratch with {SCRATCH_OPTION}'
 
 
 def is_url(path: str) -> bool:
@@ -71,22 +73,24 @@ def _reason(error: BaseException, timeout: float) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def unavailable_message(url: str, path: str, reason: str) -> str:
-    """One line: the URL, why it failed, where to put the file, how to train from scratch."""
+def unavailable_message(
+    url: str, path: str, reason: str, alternative: str = TRAIN_FROM_SCRATCH
+) -> str:
+    """One line: the URL, why it failed, where to put the file, and ``alternative`` (what else
+    the user can do; default: train from scratch)."""
     return (
         f'cannot download {url} ({reason}), and it is not in the cache: put that file at '
-        f'{path} (downloaded on a machine with network access), or train the backbone from '
-        f'scratch with {SCRATCH_OPTION}'
+        f'{path} (downloaded on a machine with network access), or {alternative}'
     )
 
 
-def download_to(url: str, path: str, timeout: float) -> None:
+def download_to(url: str, path: str, timeout: float, alternative: str = TRAIN_FROM_SCRATCH) -> None:
     """Download ``url`` into the file ``path``; ``timeout`` in seconds per connect or read.
 
     The bytes go to a temporary file in ``path``'s folder, renamed to ``path`` once complete
     (as many bytes as the server announced): a failed or interrupted download never leaves a
     partial file at ``path``. Raises ``DownloadError`` (one line, see
-    ``unavailable_message``).
+    ``unavailable_message``, which ends with ``alternative``).
     """
     folder = osp.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -106,20 +110,27 @@ def download_to(url: str, path: str, timeout: float) -> None:
             # http.client ends a body cut short without an error
             raise DownloadError(
                 unavailable_message(
-                    url, path, f'the download stopped after {written} of {expected} bytes'
+                    url,
+                    path,
+                    f'the download stopped after {written} of {expected} bytes',
+                    alternative,
                 )
             )
         os.replace(partial, path)
     except (OSError, http.client.HTTPException, ValueError) as error:
         if isinstance(error, DownloadError):
             raise
-        raise DownloadError(unavailable_message(url, path, _reason(error, timeout))) from None
+        raise DownloadError(
+            unavailable_message(url, path, _reason(error, timeout), alternative)
+        ) from None
     finally:
         if osp.exists(partial):
             os.remove(partial)
 
 
-def cached_download(url: str, timeout: Optional[float] = None) -> str:
+def cached_download(
+    url: str, timeout: Optional[float] = None, alternative: str = TRAIN_FROM_SCRATCH
+) -> str:
     """The path of ``url``'s file in torch's hub cache, downloaded first if it is not there.
 
     In a distributed run rank 0 downloads while the others wait at a barrier, then read the
@@ -130,6 +141,8 @@ def cached_download(url: str, timeout: Optional[float] = None) -> str:
     Args:
         url: ``http(s)://`` address of the file.
         timeout: seconds per connect or read; default ``download_timeout()``.
+        alternative: the end of the error when the file can be neither downloaded nor found,
+            what else the user can do (default: train the backbone from scratch).
     """
     path = hub_cache_path(url)
     timeout = download_timeout() if timeout is None else timeout
@@ -137,7 +150,7 @@ def cached_download(url: str, timeout: Optional[float] = None) -> str:
     failure = None
     if rank == 0 and not osp.isfile(path):
         try:
-            download_to(url, path, timeout)
+            download_to(url, path, timeout, alternative)
         except DownloadError as error:
             failure = error
     if world_size > 1:
@@ -145,5 +158,5 @@ def cached_download(url: str, timeout: Optional[float] = None) -> str:
     if failure is not None:
         raise failure
     if not osp.isfile(path):
-        download_to(url, path, timeout)
+        download_to(url, path, timeout, alternative)
     return path

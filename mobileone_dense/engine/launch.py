@@ -10,6 +10,7 @@ from mmengine.config import Config, DictAction
 from ..registry import RUNNERS
 from .checks import check_checkpoint_fits, check_data, explain_registry_error, read_checkpoint
 from .distributed import setup_cpu_distributed
+from .public_weights import adopt_public_weights
 from .runner import Runner
 
 
@@ -68,12 +69,17 @@ def build_runner(cfg: Config, mode: Optional[str] = None) -> Runner:
 
     The settings the checks compute (``check_data``'s: the label checks' class counts) are
     merged into ``cfg`` here, and the checkpoint they read is handed to our Runner, which then
-    does not read the file again.
+    does not read the file again. A public MobileOne checkpoint (Apple's, timm's, mmpretrain's)
+    is converted to our layout on that way, and deploy-form weights to test set
+    ``model.backbone.deploy=True`` (``public_weights.adopt_public_weights``).
     """
     checkpoint = None
     if mode is not None:
         cfg.merge_from_dict(check_data(cfg, mode))
         checkpoint = read_checkpoint(cfg)  # a truncated file fails before any build
+        if checkpoint is not None:
+            checkpoint, settings = adopt_public_weights(cfg, *checkpoint, mode)
+            cfg.merge_from_dict(settings)
     setup_cpu_distributed(cfg)  # torchrun without a GPU: gloo group, DDP without device ids
     try:
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
