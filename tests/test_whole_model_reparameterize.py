@@ -19,11 +19,11 @@ from mobileone_dense.apis.inference import init_model
 from mobileone_dense.engine.deploy import (
     atomic_save,
     deploy_checkpoint,
-    deploy_config,
     is_deploy_checkpoint,
     max_relative_difference,
     output_tensors,
 )
+from mobileone_dense.engine.deploy_files import deploy_config
 from mobileone_dense.errors import FoldingError
 from mobileone_dense.models.reparameterize import fuse_conv_bn_pairs
 

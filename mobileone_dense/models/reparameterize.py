@@ -27,11 +27,18 @@ def reparameterize(model: nn.Module) -> nn.Module:
     the exact module structure of a deploy checkpoint (which is how those are loaded). Raises if a
     BN cannot be folded (no running statistics).
     """
+    fuse_conv_bn_pairs(reparameterize_branches(model))
+    return model
+
+
+def reparameterize_branches(model: nn.Module) -> nn.Module:
+    """Step 1 of :func:`reparameterize` alone, in place: every submodule with a
+    ``reparameterize()`` method folds its branches. The Conv+BN pairs that remain are those step 2
+    folds (:func:`conv_bn_pairs`)."""
     for module in list(model.modules()):
         method = getattr(module, 'reparameterize', None)
         if callable(method) and isinstance(module, nn.Module):
             method()
-    fuse_conv_bn_pairs(model)
     return model
 
 
