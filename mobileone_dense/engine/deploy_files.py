@@ -16,7 +16,7 @@ from mmengine.config import Config
 
 from ..datasets.metainfo import config_dataset_meta, plain
 from ..errors import ConfigError, DeployConfigError
-from ..models.reparameterize import conv_bn_pairs, fuse_conv_bn_pairs, reparameterize_branches
+from ..models.reparameterize import folded_norm_names, reparameterize
 from .deploy import (
     EXACT_TOLERANCE,
     atomic_dump_config,
@@ -34,7 +34,10 @@ CHECK_INPUT = (1, 3, 64, 64)
 
 
 def deploy_config(
-    cfg: Config, checkpoint: Optional[str] = None, model: Optional[nn.Module] = None
+    cfg: Config,
+    checkpoint: Optional[str] = None,
+    model: Optional[nn.Module] = None,
+    deployed: Optional[nn.Module] = None,
 ) -> Config:
     """The config of ``cfg``'s deploy model (:func:`mobileone_dense.reparameterize`), so that
     building it gives exactly the structure of a deploy checkpoint:
@@ -52,7 +55,8 @@ def deploy_config(
             neck/head BN are found and removed the same way).
         checkpoint: the deploy checkpoint the config is for.
         model: the model built from ``cfg``, when the caller has it (built here otherwise);
-            only its structure matters.
+            only its structure matters, and it is not changed.
+        deployed: ``model`` re-parameterized, when the caller has it (made here otherwise).
 
     Checked before it is returned (:func:`check_deploy_config`); raises ``DeployConfigError``
     naming a part whose deploy form ``norm_cfg=None`` cannot describe.
@@ -66,12 +70,7 @@ def deploy_config(
         )
     if model is None:
         model = build_model_from_config(cfg)
-    deployed = reparameterize_branches(copy.deepcopy(model).cpu().double())
-    parts = {}
-    for _, _, norm_name, _, _ in conv_bn_pairs(deployed):
-        key, part = _part_of(cfg.model, norm_name)
-        parts[key] = part
-    fuse_conv_bn_pairs(deployed)
+    parts = dict(_part_of(cfg.model, name) for name in folded_norm_names(model))
     for part in parts.values():
         part.norm_cfg = None
     target.deploy = True
@@ -82,20 +81,22 @@ def deploy_config(
     if checkpoint is not None:
         cfg.load_from = checkpoint
     cfg.resume = False
-    check_deploy_config(cfg, deployed.eval(), sorted(parts))
+    if deployed is None:
+        deployed = reparameterize(copy.deepcopy(model))
+    check_deploy_config(cfg, deployed, [f'{k} ({p.type})' for k, p in sorted(parts.items())])
     return cfg
 
 
 def check_deploy_config(cfg: Config, deployed: nn.Module, parts: Sequence[str] = ()) -> None:
     """Raise ``DeployConfigError`` unless the model built from the deploy config ``cfg`` has
-    exactly the state-dict keys and shapes of ``deployed`` (a re-parameterized model, float64, on
-    the CPU) and, given its weights, computes its outputs (float64, random ``CHECK_INPUT``,
-    relative difference within ``EXACT_TOLERANCE``). ``parts``: the config keys given
-    ``norm_cfg=None``, for the message."""
+    exactly the state-dict keys and shapes of ``deployed`` (a re-parameterized model, left as it
+    is) and, given its weights, computes its outputs (both in float64 on the CPU, random
+    ``CHECK_INPUT``, relative difference within ``EXACT_TOLERANCE``). ``parts``: the model parts
+    given ``norm_cfg=None`` (config key and type), for the message."""
     fix = (
-        f'(model parts given norm_cfg=None: {list(parts)}). A module that cannot be built '
-        'without the norm layers its folded convs had needs a registered deploy variant (the same '
-        'module with those convs biased and no norm) named in its deploy config'
+        f'(model parts given norm_cfg=None: {", ".join(parts) or "none"}). A module that cannot '
+        'be built without the norm layers of its folded convs needs a registered deploy variant '
+        '(the same module with those convs biased and no norm) to name in the deploy config'
     )
     try:
         built = build_model_from_config(cfg)
@@ -111,6 +112,7 @@ def check_deploy_config(cfg: Config, deployed: nn.Module, parts: Sequence[str] =
             f'{missing[:6]}, has {unexpected[:6]} that the deploy weights lack, and other '
             f'shapes for {shapes[:6]} {fix}'
         )
+    deployed = copy.deepcopy(deployed).cpu().double().eval()
     built.double().load_state_dict(deployed.state_dict())
     inputs = torch.randn(CHECK_INPUT, generator=torch.Generator().manual_seed(0)).double()
     with torch.no_grad():
@@ -159,7 +161,7 @@ def write_deploy_files(
     Returns ``dict(checkpoint=checkpoint_path, config=config_path)``.
     """
     meta = dict(meta, dataset_meta=complete_dataset_meta(meta.get('dataset_meta'), cfg))
-    config = deploy_config(cfg, checkpoint_path, model)
+    config = deploy_config(cfg, checkpoint_path, model, deployed)
     atomic_save(deploy_checkpoint(deployed, meta), checkpoint_path)
     atomic_dump_config(config, config_path)
     return dict(checkpoint=checkpoint_path, config=config_path)

@@ -27,18 +27,11 @@ def reparameterize(model: nn.Module) -> nn.Module:
     the exact module structure of a deploy checkpoint (which is how those are loaded). Raises if a
     BN cannot be folded (no running statistics).
     """
-    fuse_conv_bn_pairs(reparameterize_branches(model))
-    return model
-
-
-def reparameterize_branches(model: nn.Module) -> nn.Module:
-    """Step 1 of :func:`reparameterize` alone, in place: every submodule with a
-    ``reparameterize()`` method folds its branches. The Conv+BN pairs that remain are those step 2
-    folds (:func:`conv_bn_pairs`)."""
     for module in list(model.modules()):
         method = getattr(module, 'reparameterize', None)
         if callable(method) and isinstance(module, nn.Module):
             method()
+    fuse_conv_bn_pairs(model)
     return model
 
 
@@ -65,6 +58,19 @@ def fuse_conv_bn_pairs(model: nn.Module) -> List[str]:
         replace()
         folded.append(bn_name)
     return folded
+
+
+def folded_norm_names(model: nn.Module) -> List[str]:
+    """The names of the BN layers of ``model`` that step 2 of :func:`reparameterize` folds into
+    a conv: those of :func:`conv_bn_pairs` outside the modules that fold their own branches in
+    step 1 (a ``reparameterize()`` method). ``model`` is not changed."""
+    own = [
+        name for name, m in model.named_modules() if callable(getattr(m, 'reparameterize', None))
+    ]
+    if '' in own:  # the model folds itself (a bare backbone)
+        return []
+    inside = tuple(f'{name}.' for name in own)
+    return [norm for _, _, norm, _, _ in conv_bn_pairs(model) if not norm.startswith(inside)]
 
 
 def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, nn.Conv2d, str, _BatchNorm, Callable]]:
