@@ -103,7 +103,7 @@ def deploy_run(request, tmp_path_factory):
 
 
 @pytest.fixture
-def no_network(monkeypatch):
+def refused_network(monkeypatch):
     """Refuse (and record) every connection and name look-up; the test fails if any was tried,
     even when the library caught the error."""
     attempts = []
@@ -165,7 +165,7 @@ def assert_same_predictions(task: str, theirs: dict, ours: dict) -> None:
 
 @pytest.mark.parametrize('writer', ['hook', 'tool'])
 def test_upstream_inferencer_loads_our_deploy_files_and_predicts_as_we_do(
-    deploy_run, writer, no_network, capsys
+    deploy_run, writer, refused_network, capsys
 ):
     task = deploy_run['task']
     config, checkpoint = deploy_run['files'][writer]
@@ -218,7 +218,7 @@ def run_script(path: str, args: list, monkeypatch) -> None:
     runpy.run_path(path, run_name='__main__')
 
 
-def test_upstream_test_tool_gives_our_metrics(deploy_run, no_network, monkeypatch, capsys):
+def test_upstream_test_tool_gives_our_metrics(deploy_run, refused_network, monkeypatch, capsys):
     """Their ``tools/test.py`` with mmengine's own Runner (``runner_type=Runner``: none of our
     loading) on the hook's deploy files scores what our ``tools/test.py`` scores, from the same
     predictions (both dumped by mmengine's ``DumpResults``: our ``--out``; in theirs, added to
