@@ -209,3 +209,33 @@ def test_a_part_whose_deploy_form_no_config_describes_is_named(takes_norm_cfg):
         error.value
     )
     assert 'registered deploy variant' in str(error.value)
+
+
+@OUR_MODELS.register_module(force=True)
+class UnpaddedNeck(nn.Module):
+    """A neck with an unpadded 5x5 ConvModule on the last feature map: it needs a map of at
+    least 5x5, more than a 64 px image gives at stride 32."""
+
+    def __init__(self, channels: int, norm_cfg=None) -> None:
+        super().__init__()
+        self.conv = ConvModule(channels, channels, 5, norm_cfg=norm_cfg)
+
+    def forward(self, inputs):
+        return (self.conv(inputs[-1]).mean((2, 3)),)
+
+
+def test_the_deploy_config_check_runs_models_that_need_larger_inputs():
+    cfg = Config(
+        dict(
+            default_scope='mmpretrain',
+            model=dict(
+                type='ImageClassifier',
+                backbone=dict(type='mobileone_dense.MobileOne', arch='mu0', out_indices=(3,)),
+                neck=dict(
+                    type='mobileone_dense.UnpaddedNeck', channels=384, norm_cfg=dict(type='BN')
+                ),
+                head=dict(type='LinearClsHead', num_classes=2, in_channels=384),
+            ),
+        )
+    )
+    assert deploy_config(cfg).model.neck.norm_cfg is None

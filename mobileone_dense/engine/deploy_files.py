@@ -28,9 +28,10 @@ from .deploy import (
 )
 from .model_building import build_model_from_config
 
-# (N, C, H, W) of the random input on which a deploy config's model must compute the deploy
-# model's function: small, as the structure, not the size, is what is checked.
-CHECK_INPUT = (1, 3, 64, 64)
+# Sizes (H = W) of the random input on which a deploy config's model must compute the deploy
+# model's function, tried in turn: the structure, not the size, is what is checked, so the
+# smallest that the model can run (an unpadded conv on a stride-32 map needs more than 64 px).
+CHECK_SIZES = (64, 256, 512)
 
 
 def deploy_config(
@@ -90,8 +91,9 @@ def deploy_config(
 def check_deploy_config(cfg: Config, deployed: nn.Module, parts: Sequence[str] = ()) -> None:
     """Raise ``DeployConfigError`` unless the model built from the deploy config ``cfg`` has
     exactly the state-dict keys and shapes of ``deployed`` (a re-parameterized model, left as it
-    is) and, given its weights, computes its outputs (both in float64 on the CPU, random
-    ``CHECK_INPUT``, relative difference within ``EXACT_TOLERANCE``). ``parts``: the model parts
+    is) and, given its weights, computes its outputs (both in float64 on the CPU, on a random
+    image of the first of ``CHECK_SIZES`` the model runs at, relative difference within
+    ``EXACT_TOLERANCE``). ``parts``: the model parts
     given ``norm_cfg=None`` (config key and type), for the message."""
     fix = (
         f'(model parts given norm_cfg=None: {", ".join(parts) or "none"}). A module that cannot '
@@ -114,10 +116,18 @@ def check_deploy_config(cfg: Config, deployed: nn.Module, parts: Sequence[str] =
         )
     deployed = copy.deepcopy(deployed).cpu().double().eval()
     built.double().load_state_dict(deployed.state_dict())
-    inputs = torch.randn(CHECK_INPUT, generator=torch.Generator().manual_seed(0)).double()
+    for size in CHECK_SIZES:
+        inputs = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                reference = output_tensors(tensor_forward(deployed, inputs.double()))
+        except RuntimeError:  # too small for this model: the next size
+            if size == CHECK_SIZES[-1]:
+                raise
+            continue
+        break
     with torch.no_grad():
-        outputs = output_tensors(tensor_forward(built.eval(), inputs))
-        reference = output_tensors(tensor_forward(deployed, inputs))
+        outputs = output_tensors(tensor_forward(built.eval(), inputs.double()))
     error = float('inf')
     if len(outputs) == len(reference):
         error = max_relative_difference(outputs, reference)
