@@ -52,3 +52,9 @@ class FoldingError(InputError, ValueError):
 class OnnxParityError(RuntimeError):
     """An exported ONNX file whose outputs differ from PyTorch's by more than the tolerance (a
     bug to report, not bad input: the file is not written)."""
+
+
+class DeployConfigError(InputError, ValueError):
+    """A model whose deploy form its config cannot describe: a part whose folded Conv+BN pairs
+    ``norm_cfg=None`` does not turn into plain convs with a bias (the message names the part and
+    the fix)."""

@@ -28,7 +28,8 @@ from mobileone_dense.apis import (
     ssd_postprocess,
 )
 from mobileone_dense.apis.inference import init_model
-from mobileone_dense.engine.deploy import atomic_dump_config, deploy_checkpoint, deploy_config
+from mobileone_dense.engine.deploy import atomic_dump_config, deploy_checkpoint
+from mobileone_dense.engine.deploy_files import deploy_config
 from mobileone_dense.models.blocks import MobileOneBlock
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -15,7 +15,7 @@ from mmengine.config import Config
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.engine import Runner
 from mobileone_dense.engine.deploy import atomic_save
-from mobileone_dense.errors import WeightsMismatchError
+from mobileone_dense.errors import ConfigError, WeightsMismatchError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -169,3 +169,24 @@ def test_an_early_detector_checkpoint_is_written(tmp_path, capsys):
     assert meta['deploy_error_float64'] < 1e-9 and meta['deploy_error'] == pytest.approx(
         float(found[2]), rel=0.1
     )
+    # a plain state dict has no dataset_meta: the config's data set class gives it (issue 25:
+    # mmdet's and mmseg's inferencers failed on the None written before)
+    from mmdet.datasets import CocoDataset
+
+    assert meta['dataset_meta']['classes'] == CocoDataset.METAINFO['classes']
+    assert meta['dataset_meta']['palette'] == CocoDataset.METAINFO['palette']
+
+
+def test_no_class_names_anywhere_is_refused_before_writing(trained, tmp_path, capsys):
+    """A plain state dict (no meta) with a config whose data set names no classes (a
+    ``CustomDataset`` reading them from its folders): nothing to write as ``dataset_meta``."""
+    _, config_path, checkpoint = trained
+    from mobileone_dense.converters import load_checkpoint_file, state_dict_of
+
+    plain = str(tmp_path / 'plain.pth')
+    weights = state_dict_of(load_checkpoint_file(checkpoint, run_checkpoint=True))
+    torch.save(dict(state_dict=weights), plain)
+    out = tmp_path / 'out' / 'deploy.pth'
+    with pytest.raises(ConfigError, match=r'metainfo=dict\(classes='):
+        TOOL.main([config_path, plain, str(out)])
+    assert not out.parent.exists() or os.listdir(out.parent) == []

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule, fuse_conv_bn
 from mmengine.config import Config
+from mmengine.registry import MODELS, DefaultScope
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mobileone_dense  # noqa: F401
@@ -19,13 +20,14 @@ from mobileone_dense.apis.inference import init_model
 from mobileone_dense.engine.deploy import (
     atomic_save,
     deploy_checkpoint,
-    deploy_config,
     is_deploy_checkpoint,
     max_relative_difference,
     output_tensors,
 )
-from mobileone_dense.errors import FoldingError
+from mobileone_dense.engine.deploy_files import deploy_config
+from mobileone_dense.errors import DeployConfigError, FoldingError
 from mobileone_dense.models.reparameterize import fuse_conv_bn_pairs
+from mobileone_dense.registry import MODELS as OUR_MODELS
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {
@@ -80,15 +82,35 @@ def test_whole_model_reparameterization_is_exact_and_leaves_no_batch_norm(task):
     assert all(torch.equal(before[k], v) for k, v in deploy.state_dict().items())
 
 
+def old_deploy_config(cfg: Config) -> Config:
+    """The deploy config as versions before issue 25 wrote it: only the backbone in deploy form,
+    the neck/head still with their BN (our loaders re-parameterized the model before loading)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.backbone.update(deploy=True, init_cfg=None)
+    return cfg
+
+
 @pytest.mark.parametrize('task', sorted(CONFIGS))
 def test_deploy_checkpoint_loads_into_deploy_config_and_training_config(task, tmp_path):
     cfg, model, inputs = trained_like(task)
     deploy = reparameterize(copy.deepcopy(model)).eval()
     path = str(tmp_path / 'deploy.pth')
     atomic_save(deploy_checkpoint(deploy, dict(dataset_meta=None)), path)
+    config = deploy_config(cfg, path)
+    # the deploy config of an earlier version, given to deploy_config, becomes this one
+    assert deploy_config(old_deploy_config(cfg), path).model.to_dict() == config.model.to_dict()
+    # the deploy config alone describes the deploy model: built as any mmdet/mmseg tool builds
+    # it (no re-parameterization), it takes the deploy weights with no missing or unexpected key
+    with DefaultScope.overwrite_default_scope(config.default_scope):
+        plain = MODELS.build(copy.deepcopy(config.model))
+    plain.load_state_dict(torch.load(path, weights_only=True)['state_dict'], strict=True)
     with torch.no_grad():
         expected = output_tensors(deploy(inputs, mode='tensor'))
-        for config in (deploy_config(cfg, path), cfg):
+        outputs = output_tensors(plain.eval()(inputs, mode='tensor'))
+        assert max_relative_difference(outputs, expected) == 0
+        # our loader takes it with this config, with the deploy configs of earlier versions and
+        # with the training config
+        for config in (config, old_deploy_config(cfg), cfg):
             loaded = init_model(config, path)
             assert not any(isinstance(m, _BatchNorm) for m in loaded.modules())
             outputs = output_tensors(loaded(inputs, mode='tensor'))
@@ -146,3 +168,74 @@ def test_batch_norm_without_running_statistics_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
     with pytest.raises(FoldingError, match='without running statistics'):
         fuse_conv_bn_pairs(model)
+
+
+@OUR_MODELS.register_module(force=True)
+class FixedNormNeck(nn.Module):
+    """A neck whose Conv+BN is built whatever its config says: without a ``norm_cfg`` argument
+    (``takes_norm_cfg=False``), or ignoring it."""
+
+    def __init__(self, channels: int, takes_norm_cfg: bool = False, **kwargs) -> None:
+        super().__init__()
+        if kwargs and not (takes_norm_cfg and set(kwargs) == {'norm_cfg'}):
+            raise TypeError(f'unexpected arguments {sorted(kwargs)}')
+        self.layers = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels))
+
+    def forward(self, inputs):
+        return (self.layers(inputs[-1]).mean((2, 3)),)
+
+
+@pytest.mark.parametrize('takes_norm_cfg', [False, True])
+def test_a_part_whose_deploy_form_no_config_describes_is_named(takes_norm_cfg):
+    cfg = Config(
+        dict(
+            default_scope='mmpretrain',
+            model=dict(
+                type='ImageClassifier',
+                backbone=dict(type='mobileone_dense.MobileOne', arch='mu0', out_indices=(3,)),
+                neck=dict(
+                    type='mobileone_dense.FixedNormNeck',
+                    channels=384,
+                    takes_norm_cfg=takes_norm_cfg,
+                ),
+                head=dict(type='LinearClsHead', num_classes=2, in_channels=384),
+            ),
+        )
+    )
+    expected = 'cannot be built' if not takes_norm_cfg else 'does not build the deploy model'
+    with pytest.raises(DeployConfigError, match=expected) as error:
+        deploy_config(cfg)
+    assert 'model parts given norm_cfg=None: neck (mobileone_dense.FixedNormNeck)' in str(
+        error.value
+    )
+    assert 'registered deploy variant' in str(error.value)
+
+
+@OUR_MODELS.register_module(force=True)
+class UnpaddedNeck(nn.Module):
+    """A neck with an unpadded 5x5 ConvModule on the last feature map: it needs a map of at
+    least 5x5, more than a 64 px image gives at stride 32."""
+
+    def __init__(self, channels: int, norm_cfg=None) -> None:
+        super().__init__()
+        self.conv = ConvModule(channels, channels, 5, norm_cfg=norm_cfg)
+
+    def forward(self, inputs):
+        return (self.conv(inputs[-1]).mean((2, 3)),)
+
+
+def test_the_deploy_config_check_runs_models_that_need_larger_inputs():
+    cfg = Config(
+        dict(
+            default_scope='mmpretrain',
+            model=dict(
+                type='ImageClassifier',
+                backbone=dict(type='mobileone_dense.MobileOne', arch='mu0', out_indices=(3,)),
+                neck=dict(
+                    type='mobileone_dense.UnpaddedNeck', channels=384, norm_cfg=dict(type='BN')
+                ),
+                head=dict(type='LinearClsHead', num_classes=2, in_channels=384),
+            ),
+        )
+    )
+    assert deploy_config(cfg).model.neck.norm_cfg is None

@@ -2,11 +2,13 @@
 
     python tools/reparameterize.py CONFIG CHECKPOINT OUT.pth [--weights ema|raw]
 
-Writes OUT.pth (deploy weights only) and OUT.py (the config with ``deploy=True`` on the backbone)
-after checking on a random input that the deploy model computes the train-time model's function:
-decided in float64, where the fold is exact (``--tolerance``); the float32 difference is rounding,
-larger where outputs are small (an early checkpoint): it is printed, with a warning above 1e-3.
-Both files are written atomically (temp file + rename).
+Writes OUT.pth (deploy weights only, ``meta['dataset_meta']`` with the class names and palette)
+and OUT.py (the deploy model in plain mmdet/mmseg/mmpretrain config terms: ``deploy=True`` on the
+backbone, ``norm_cfg=None`` on the parts whose Conv+BN were folded) after checking on a random
+input that the deploy model computes the train-time model's function: decided in float64, where
+the fold is exact (``--tolerance``); the float32 difference is rounding, larger where outputs are
+small (an early checkpoint): it is printed, with a warning above 1e-3. Both files are written
+atomically (temp file + rename).
 """
 
 import argparse
@@ -28,15 +30,9 @@ from mobileone_dense.converters import (
     load_weights_strictly,
     training_weights,
 )
-from mobileone_dense.engine.deploy import (
-    EXACT_TOLERANCE,
-    FLOAT32_WARNING,
-    atomic_dump_config,
-    atomic_save,
-    deploy_checkpoint,
-    deploy_config,
-    deploy_error,
-)
+from mobileone_dense.engine.deploy import EXACT_TOLERANCE, FLOAT32_WARNING, deploy_error
+from mobileone_dense.engine.deploy_files import write_deploy_files
+from mobileone_dense.errors import InputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,10 +103,10 @@ def main(argv=None) -> int:
         weights=args.weights,
         deploy_error=error32,
         deploy_error_float64=error,
-        dataset_meta=checkpoint.get('meta', {}).get('dataset_meta'),
+        # Runner checkpoints carry it; plain state dicts do not: completed from the config
+        dataset_meta=(checkpoint.get('meta') or {}).get('dataset_meta'),
     )
-    atomic_save(deploy_checkpoint(deploy, meta), args.out)
-    atomic_dump_config(deploy_config(cfg, osp.abspath(args.out)), out_config)
+    write_deploy_files(cfg, model, deploy, osp.abspath(args.out), out_config, meta)
     print(
         f'deploy model verified (max relative difference {error:.1e} in float64, '
         f'{error32:.1e} in float32); wrote {args.out} and {out_config}'
@@ -119,4 +115,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except InputError as error:  # bad checkpoint/config: the message says what to fix
+        sys.exit(f'error: {error}')

@@ -9,10 +9,10 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from ..converters import load_checkpoint_file, load_weights_strictly, state_dict_of
-from ..datasets.wrappers import innermost_dataset
+from ..datasets.metainfo import config_dataset_meta
 from ..engine.deploy import reparameterize_to_load
+from ..engine.model_building import build_model_from_config
 from ..models.reparameterize import reparameterize
-from .model_building import build_model_from_config
 
 
 def read_image(path: str) -> np.ndarray:
@@ -52,25 +52,13 @@ def init_model(
     dataset_meta = None
     if checkpoint is not None:
         loaded = load_checkpoint_file(checkpoint, run_checkpoint=True)
-        reparameterize_to_load(model, loaded)  # deploy checkpoints: the neck/head BN are folded too
+        # deploy configs of earlier versions still build the neck/head BN that the file has folded
+        reparameterize_to_load(model, loaded)
         load_weights_strictly(model, state_dict_of(loaded), source=f'checkpoint {checkpoint!r}')
         dataset_meta = loaded.get('meta', {}).get('dataset_meta')
     if dataset_meta is None:
-        dataset_meta = _dataset_meta_from_config(cfg)
+        dataset_meta = config_dataset_meta(cfg)
     model.cfg = cfg
     model.dataset_meta = dataset_meta
     model.to(device).eval()
     return reparameterize(model) if deploy else model
-
-
-def _dataset_meta_from_config(cfg: Config) -> dict:
-    """Class names of the config's test dataset (its ``metainfo`` or the dataset class's)."""
-    from mmengine.registry import DATASETS
-
-    dataset = innermost_dataset(cfg.test_dataloader.dataset)
-    if dataset.get('metainfo'):
-        return dict(dataset.metainfo)
-    # in the config's scope: the root registry alone does not find e.g. mmseg's datasets
-    with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
-        dataset_class = registry.get(dataset.type)
-    return dict(getattr(dataset_class, 'METAINFO', {}))

@@ -1,4 +1,5 @@
-from .deploy import atomic_save, deploy_config
+from .deploy import atomic_save
+from .deploy_files import deploy_config
 from .hooks import FiniteLossHook, ReparameterizeHook
 from .runner import Runner
 

@@ -5,7 +5,7 @@ import copy
 import os
 import os.path as osp
 import tempfile
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -69,36 +69,6 @@ def atomic_dump_config(cfg: Config, path: str) -> None:
     write_atomically(path, cfg.dump, '.py')
 
 
-def deploy_config(cfg: Config, checkpoint: Union[str, None] = None) -> Config:
-    """The same config with the deploy-form backbone (``deploy=True``), no pretrained init, no
-    EMA.
-
-    The deploy checkpoint's neck/head BN are folded as well: loaders re-parameterize the built
-    model before loading it (:func:`reparameterize_to_load`; our Runner and ``init_model`` do).
-
-    ``load_from`` points at ``checkpoint`` (the deploy weights) when given; resuming is off.
-    """
-    cfg = copy.deepcopy(cfg)
-    model = cfg.model
-    target = model.get('backbone', model)
-    if 'MobileOne' not in str(target.get('type', '')):
-        raise ValueError(
-            f'cannot make a deploy config: the backbone type is '
-            f'{target.get("type")!r}, not mobileone_dense.MobileOne'
-        )
-    target.deploy = True
-    target.init_cfg = None  # the deploy checkpoint carries the weights; train-time ones don't fit
-    # The deploy checkpoint already holds the EMA weights; EMAHook would only keep a second copy
-    # (of the train-time structure) whose parameters it swaps with the model's by position.
-    cfg.custom_hooks = [
-        hook for hook in cfg.get('custom_hooks', []) if 'EMAHook' not in str(hook.get('type', ''))
-    ]
-    if checkpoint is not None:
-        cfg.load_from = checkpoint
-    cfg.resume = False
-    return cfg
-
-
 def output_tensors(outputs: Any) -> List[torch.Tensor]:
     """All tensors of a (nested) model output, in a stable order."""
     if isinstance(outputs, torch.Tensor):
@@ -108,6 +78,14 @@ def output_tensors(outputs: Any) -> List[torch.Tensor]:
     if isinstance(outputs, (list, tuple)):
         return [t for item in outputs for t in output_tensors(item)]
     return []
+
+
+def tensor_forward(model: nn.Module, inputs: torch.Tensor) -> Any:
+    """The network's raw outputs: ``model(inputs, mode='tensor')`` for mmengine models (no
+    pre- or post-processing), else ``model(inputs)``."""
+    if hasattr(model, 'data_preprocessor'):
+        return model(inputs, mode='tensor')
+    return model(inputs)
 
 
 def max_relative_difference(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
@@ -148,16 +126,11 @@ def deploy_error(
         dtype: float64 judges exactness (compare with ``EXACT_TOLERANCE``); float32 shows what
             rounding does in use.
         forward: ``forward(model, inputs)`` -> outputs (a tensor or nested tuples / dicts of
-            them); default ``model(inputs, mode='tensor')`` for mmengine models, else
-            ``model(inputs)``.
+            them); default :func:`tensor_forward`.
         deploy: the deploy model when already made in ``dtype`` (else re-parameterized here).
     """
     if forward is None:
-        forward = (
-            (lambda m, x: m(x, mode='tensor'))
-            if hasattr(model, 'data_preprocessor')
-            else (lambda m, x: m(x))
-        )
+        forward = tensor_forward
     train_time = copy.deepcopy(model).to(dtype).eval()
     if deploy is None:
         deploy = reparameterize(copy.deepcopy(train_time))
@@ -173,8 +146,10 @@ def deploy_error(
 
 
 # A deploy checkpoint's ``meta[DEPLOY_KEY]`` is ``WHOLE_MODEL``: the backbone is in deploy form
-# and the Conv+BN pairs outside it are folded too (:func:`reparameterize`), so loading it needs a
-# model re-parameterized the same way first. Versions up to 0.1.0 wrote the pair
+# and the Conv+BN pairs outside it are folded too (:func:`reparameterize`). The deploy config
+# written with it builds exactly that structure (``deploy_files.deploy_config``); the deploy
+# configs of earlier versions still build the neck/head BN, and our loaders recognise their
+# checkpoints by this key (:func:`reparameterize_to_load`). Versions up to 0.1.0 wrote the pair
 # ``mobileone_dense_deploy=True, fused='whole_model'`` instead (:func:`is_deploy_checkpoint`).
 DEPLOY_KEY = 'mobileone_dense_deploy'
 WHOLE_MODEL = 'whole_model'
@@ -205,9 +180,12 @@ def reparameterize_to_load(model: nn.Module, checkpoint: Dict[str, Any]) -> bool
     """Re-parameterize ``model`` in place when ``checkpoint`` is a deploy checkpoint; True if it
     did.
 
-    A deploy checkpoint has no BN entries for the neck/head convs (their BN is folded into a conv
-    bias): the freshly built model is re-parameterized first, which gives exactly that structure,
-    and the weights then load strictly. The values it computes are overwritten by the load.
+    A model built from a deploy config (``deploy_files.deploy_config``) already has the deploy
+    structure: this changes nothing. The deploy configs of earlier versions built the neck/head
+    with their BN, which the checkpoint has folded into conv biases: re-parameterizing the freshly
+    built model gives exactly the checkpoint's structure, and the weights then load strictly. The
+    values it computes are overwritten by the load. mmdet's, mmseg's and mmpretrain's own tools do
+    not do this: they need the deploy config of this version.
     """
     if not is_deploy_checkpoint(checkpoint):
         return False

@@ -60,6 +60,19 @@ def fuse_conv_bn_pairs(model: nn.Module) -> List[str]:
     return folded
 
 
+def folded_norm_names(model: nn.Module) -> List[str]:
+    """The names of the BN layers of ``model`` that step 2 of :func:`reparameterize` folds into
+    a conv: those of :func:`conv_bn_pairs` outside the modules that fold their own branches in
+    step 1 (a ``reparameterize()`` method). ``model`` is not changed."""
+    own = [
+        name for name, m in model.named_modules() if callable(getattr(m, 'reparameterize', None))
+    ]
+    if '' in own:  # the model folds itself (a bare backbone)
+        return []
+    inside = tuple(f'{name}.' for name in own)
+    return [norm for _, _, norm, _, _ in conv_bn_pairs(model) if not norm.startswith(inside)]
+
+
 def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, nn.Conv2d, str, _BatchNorm, Callable]]:
     """The Conv+BN pairs :func:`fuse_conv_bn_pairs` folds: ``(conv name, conv, BN name, BN,
     replace)``, where ``replace()`` swaps the BN for ``nn.Identity`` (see there for which pairs)."""

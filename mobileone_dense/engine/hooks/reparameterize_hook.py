@@ -14,14 +14,8 @@ from mmengine.utils import deprecated_api_warning
 from ...models.reparameterize import in_deploy_form, reparameterize
 from ...registry import HOOKS
 from ..compat import ema_copies, last_checkpoint
-from ..deploy import (
-    atomic_dump_config,
-    atomic_save,
-    deploy_checkpoint,
-    deploy_config,
-    deploy_error,
-    unwrap_model,
-)
+from ..deploy import deploy_error, unwrap_model
+from ..deploy_files import write_deploy_files
 
 
 @HOOKS.register_module()
@@ -33,10 +27,12 @@ class ReparameterizeHook(Hook):
     - Testing re-parameterizes the model in place (and EMAHook's averaged copy, so its weight
       swap still pairs up).
     - After training, writes ``<last checkpoint>_deploy.pth`` (deploy weights only; EMA weights
-      when EMA is on) and ``<config name>_deploy.py`` (``deploy=True`` backbone, ``load_from``
-      set), and logs the deploy-vs-train-time difference on one real validation batch: in
-      float64 (``last_deploy_error_float64``; exact re-parameterization gives ~1e-13) and in
-      float32 (``last_deploy_error``; rounding, reported only).
+      when EMA is on; ``meta['dataset_meta']`` with the class names and palette) and
+      ``<config name>_deploy.py`` (the deploy model in plain config terms, ``load_from`` set:
+      ``deploy_files.write_deploy_files``), and logs the deploy-vs-train-time difference on
+      one real validation batch: in float64 (``last_deploy_error_float64``; exact
+      re-parameterization gives ~1e-13) and in float32 (``last_deploy_error``; rounding,
+      reported only).
 
     Priority ``LOW`` runs it after ``EMAHook`` (``NORMAL``) in every event: EMA swaps the averaged
     weights in before we copy, and back after we restored the training model.
@@ -133,7 +129,7 @@ class ReparameterizeHook(Hook):
                     f'{" (EMA weights)" if averaged else ""}'
                 )
         if self.save_deploy and is_main_process():  # one writer in distributed runs
-            self._save(runner, deploy, ema=bool(averaged))
+            self._save(runner, source, deploy, ema=bool(averaged))
 
     @torch.no_grad()
     def _check(self, runner, source: nn.Module, deploy: nn.Module) -> None:
@@ -151,7 +147,7 @@ class ReparameterizeHook(Hook):
         self.last_deploy_error_float64 = deploy_error(source, inputs, torch.float64, forward)
         self.last_deploy_error = deploy_error(source, inputs, torch.float32, forward, deploy)
 
-    def _save(self, runner, deploy: nn.Module, ema: bool) -> None:
+    def _save(self, runner, source: nn.Module, deploy: nn.Module, ema: bool) -> None:
         last = last_checkpoint(runner)  # CheckpointHook's, of this run
         stem = osp.splitext(last)[0] if last else osp.join(runner.work_dir, f'iter_{runner.iter}')
         checkpoint_path = f'{stem}_deploy.pth'
@@ -161,13 +157,14 @@ class ReparameterizeHook(Hook):
             ema=ema,
             deploy_error=self.last_deploy_error,
             deploy_error_float64=self.last_deploy_error_float64,
+            # completed from the config's data set where the data set has no metainfo
             dataset_meta=getattr(runner.train_dataloader.dataset, 'metainfo', None),
         )
-        atomic_save(deploy_checkpoint(deploy, meta), checkpoint_path)
         cfg_name = osp.splitext(osp.basename(runner.cfg.filename or 'config.py'))[0]
         config_path = osp.join(runner.work_dir, f'{cfg_name}_deploy.py')
-        atomic_dump_config(deploy_config(runner.cfg, checkpoint_path), config_path)
-        self.deploy_files = dict(checkpoint=checkpoint_path, config=config_path)
+        self.deploy_files = write_deploy_files(
+            runner.cfg, source, deploy, checkpoint_path, config_path, meta
+        )
         runner.logger.info(
             f'ReparameterizeHook: wrote the deploy model to {checkpoint_path} and '
             f'its config to {config_path}'
