@@ -185,22 +185,25 @@ class FixedNormNeck(nn.Module):
         return (self.layers(inputs[-1]).mean((2, 3)),)
 
 
-@pytest.mark.parametrize('takes_norm_cfg', [False, True])
-def test_a_part_whose_deploy_form_no_config_describes_is_named(takes_norm_cfg):
-    cfg = Config(
+def mu0_classifier_with(neck: dict) -> Config:
+    """An mmpretrain classifier: MobileOne-mu0 (384 channels out), ``neck``, a linear head."""
+    return Config(
         dict(
             default_scope='mmpretrain',
             model=dict(
                 type='ImageClassifier',
                 backbone=dict(type='mobileone_dense.MobileOne', arch='mu0', out_indices=(3,)),
-                neck=dict(
-                    type='mobileone_dense.FixedNormNeck',
-                    channels=384,
-                    takes_norm_cfg=takes_norm_cfg,
-                ),
+                neck=neck,
                 head=dict(type='LinearClsHead', num_classes=2, in_channels=384),
             ),
         )
+    )
+
+
+@pytest.mark.parametrize('takes_norm_cfg', [False, True])
+def test_a_part_whose_deploy_form_no_config_describes_is_named(takes_norm_cfg):
+    cfg = mu0_classifier_with(
+        dict(type='mobileone_dense.FixedNormNeck', channels=384, takes_norm_cfg=takes_norm_cfg)
     )
     expected = 'cannot be built' if not takes_norm_cfg else 'does not build the deploy model'
     with pytest.raises(DeployConfigError, match=expected) as error:
@@ -225,17 +228,7 @@ class UnpaddedNeck(nn.Module):
 
 
 def test_the_deploy_config_check_runs_models_that_need_larger_inputs():
-    cfg = Config(
-        dict(
-            default_scope='mmpretrain',
-            model=dict(
-                type='ImageClassifier',
-                backbone=dict(type='mobileone_dense.MobileOne', arch='mu0', out_indices=(3,)),
-                neck=dict(
-                    type='mobileone_dense.UnpaddedNeck', channels=384, norm_cfg=dict(type='BN')
-                ),
-                head=dict(type='LinearClsHead', num_classes=2, in_channels=384),
-            ),
-        )
+    cfg = mu0_classifier_with(
+        dict(type='mobileone_dense.UnpaddedNeck', channels=384, norm_cfg=dict(type='BN'))
     )
     assert deploy_config(cfg).model.neck.norm_cfg is None
