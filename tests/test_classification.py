@@ -30,6 +30,9 @@ from mobileone_dense.models import stage_channels
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
 ARCHS = ['s0', 's1', 's2', 's3', 's4', 'mu0', 'mu1', 'mu2']
+# The learned classifier's deploy EMA top-1 (%, 4 classes, chance 25): the minimum of its
+# robustness matrix (seeds x kernel sets, docs/tests.md) less a margin of three val images.
+LEARN_TOP1_FLOOR = 70.0
 AUTOAUGMENT_ARCHS = {'s2', 's3', 's4'}
 PAPER_CURRICULUM = [(0, 160, 0.3), (39, 192, 0.6), (114, 224, 1.0)]
 
@@ -301,7 +304,7 @@ def test_s0_learns_and_the_untrained_model_does_not(learned_classifier):
     assert all(r['deploy'] for r in records if r['event'] == 'val_model')
     top1 = [r['metrics']['accuracy/top1'] for r in records if r['event'] == 'val']
     assert len(top1) == LEARN_EPOCHS
-    assert top1[-1] >= 90.0, f'deploy EMA top-1 per epoch: {top1}'
+    assert top1[-1] >= LEARN_TOP1_FLOOR, f'deploy EMA top-1 per epoch: {top1}'
     assert 'ReparameterizeHook: deploy vs train-time model' in learned_classifier['logs']
     # the same config and data, untrained
     from mmengine.runner import Runner
@@ -315,7 +318,7 @@ def test_s0_learns_and_the_untrained_model_does_not(learned_classifier):
     # set in before_train): runner.val() alone crashes in after_val_epoch
     cfg.default_hooks.checkpoint.pop('save_best')
     untrained = Runner.from_cfg(cfg).val()
-    assert untrained['accuracy/top1'] < 90.0, untrained
+    assert untrained['accuracy/top1'] < LEARN_TOP1_FLOOR, untrained
 
 
 def last_checkpoint(work_dir):
