@@ -28,7 +28,6 @@ import sys
 from typing import Dict, List
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-import torch
 from mmengine.hooks import Hook
 
 import mobileone_dense  # noqa: F401
@@ -47,8 +46,8 @@ VARIANTS = {
 
 
 class GradientProbe(Hook):
-    """Records the total gradient norm before each optimizer step (before clipping) and the
-    backbone blocks' backward gains at the iterations in ``gain_iters``."""
+    """Records the total gradient norm of each iteration (before clipping) and the backbone
+    blocks' backward gains at the iterations in ``gain_iters``."""
 
     priority = 'VERY_HIGH'
 
@@ -57,17 +56,6 @@ class GradientProbe(Hook):
         self.norms: List[float] = []
         self.gains: Dict[int, List[float]] = {}
         self._handles, self._records = [], []
-
-    def before_train(self, runner) -> None:
-        wrapper = runner.optim_wrapper
-        step = wrapper.step
-
-        def recorded_step(**kwargs):
-            grads = [p.grad for p in runner.model.parameters() if p.grad is not None]
-            self.norms.append(float(torch.norm(torch.stack([g.norm() for g in grads]))))
-            return step(**kwargs)
-
-        wrapper.step = recorded_step  # this run's wrapper only
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         if runner.iter not in self.gain_iters:
@@ -87,6 +75,8 @@ class GradientProbe(Hook):
         self._records.append(record)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        # the total norm before clipping, as mmengine's OptimWrapper records it when it clips
+        self.norms.append(runner.message_hub.get_scalar('train/grad_norm').current())
         for handle in self._handles:
             handle.remove()
         if self._handles:
