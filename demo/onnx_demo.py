@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def read_metadata(session: ort.InferenceSession) -> dict:
     """The file's ``mobileone_dense.*`` metadata, decoded (written by
-    mobileone_dense/apis/onnx_metadata.py)."""
+    mobileone_dense/deploy/onnx_metadata.py)."""
     props = session.get_modelmeta().custom_metadata_map
     meta = {k[len(PREFIX) :]: json.loads(v) for k, v in props.items() if k.startswith(PREFIX)}
     if not meta:

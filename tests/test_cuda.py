@@ -31,8 +31,9 @@ from short_configs import (
 )
 
 from mobileone_dense.analysis.deploy_check import randomize_batch_norm
-from mobileone_dense.apis import build_model_from_config, check_onnx_parity, export_onnx
-from mobileone_dense.engine.deploy import max_relative_difference, output_tensors
+from mobileone_dense.apis import build_model_from_config
+from mobileone_dense.deploy import check_onnx_parity, export_onnx
+from mobileone_dense.engine.deploy_checkpoints import max_relative_difference, output_tensors
 from mobileone_dense.models.reparameterize import reparameterize
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

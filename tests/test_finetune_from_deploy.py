@@ -21,7 +21,7 @@ from mmengine.structures import InstanceData, PixelData
 from mobileone_dense import MobileOne, MobileOneBlock, reparameterize
 from mobileone_dense.analysis.deploy_check import randomize_batch_norm
 from mobileone_dense.apis import build_model_from_config
-from mobileone_dense.engine.deploy import (
+from mobileone_dense.engine.deploy_checkpoints import (
     atomic_save,
     deploy_checkpoint,
     max_relative_difference,

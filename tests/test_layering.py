@@ -2,8 +2,8 @@
 functions (read from the source with ``ast``; nothing is imported).
 
 Layers, lowest first: errors, registry -> models, datasets -> converters -> engine -> apis ->
-analysis. ``tools/`` and ``demo/`` sit above them all. A module may import its own package and
-anything below it.
+deploy -> analysis. ``tools/`` and ``demo/`` sit above them all. A module may import its own
+package and anything below it.
 """
 
 import ast
@@ -21,7 +21,8 @@ LAYERS = {
     'converters': 2,
     'engine': 3,
     'apis': 4,
-    'analysis': 5,
+    'deploy': 5,
+    'analysis': 6,
 }
 
 

@@ -54,7 +54,7 @@ def _graph_outputs(boxes, scores, labels):
 def test_detection_check_accepts_near_tied_boxes_kept_the_other_way_round():
     """Regression: the parity check refused a correct export where two overlapping boxes of one
     label with scores 3e-6 apart came out the other way round (issue 23)."""
-    from mobileone_dense.apis.onnx_end2end_check import _check_detections
+    from mobileone_dense.deploy.onnx_end2end_check import _check_detections
 
     model = _FixedDetector(**_TIE)
     report = dict(images=0, detections=0, at_cut=0, tied=0, max_box_diff=0.0, max_score_diff=0.0)

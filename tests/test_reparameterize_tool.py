@@ -14,7 +14,7 @@ from mmengine.config import Config
 
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.engine import Runner
-from mobileone_dense.engine.deploy import atomic_save
+from mobileone_dense.engine.deploy_checkpoints import atomic_save
 from mobileone_dense.errors import ConfigError, WeightsMismatchError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

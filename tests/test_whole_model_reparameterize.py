@@ -17,7 +17,7 @@ from mobileone_dense import reparameterize
 from mobileone_dense.analysis.deploy_check import randomize_batch_norm
 from mobileone_dense.apis import build_model_from_config
 from mobileone_dense.apis.inference import init_model
-from mobileone_dense.engine.deploy import (
+from mobileone_dense.engine.deploy_checkpoints import (
     atomic_save,
     deploy_checkpoint,
     is_deploy_checkpoint,

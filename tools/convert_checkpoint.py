@@ -24,7 +24,7 @@ from mobileone_dense.converters import (
     recognise_arch,
     state_dict_of,
 )
-from mobileone_dense.engine.deploy import atomic_save
+from mobileone_dense.engine.deploy_checkpoints import atomic_save
 
 
 def main(argv=None) -> int:

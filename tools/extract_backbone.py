@@ -26,7 +26,7 @@ from mobileone_dense.converters import (
     recognise_arch,
     training_weights,
 )
-from mobileone_dense.engine.deploy import atomic_save
+from mobileone_dense.engine.deploy_checkpoints import atomic_save
 
 
 def main(argv=None) -> int:

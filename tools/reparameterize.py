@@ -30,7 +30,7 @@ from mobileone_dense.converters import (
     load_weights_strictly,
     training_weights,
 )
-from mobileone_dense.engine.deploy import EXACT_TOLERANCE, FLOAT32_WARNING, deploy_error
+from mobileone_dense.engine.deploy_checkpoints import EXACT_TOLERANCE, FLOAT32_WARNING, deploy_error
 from mobileone_dense.engine.deploy_files import write_deploy_files
 from mobileone_dense.errors import InputError
 

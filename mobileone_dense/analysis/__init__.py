@@ -1,4 +1,4 @@
-from ..engine.deploy import deploy_error
+from ..engine.deploy_checkpoints import deploy_error
 from .complexity import (
     PAPER_COMPLEXITY,
     ComplexityRow,

@@ -30,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..apis.onnx_export import export_onnx, onnx_session, require_onnx
+from ..deploy.onnx_export import export_onnx, onnx_session, require_onnx
 from ..models.reparameterize import reparameterize
 from .baselines import (
     ARCHS,
@@ -149,7 +149,7 @@ def profile_module(module: nn.Module, inputs: torch.Tensor, device: str) -> dict
 def onnx_runner(
     module: nn.Module, inputs: torch.Tensor, settings: BenchmarkSettings, label: str
 ) -> Optional[Callable[[], object]]:
-    """``session.run`` of ``module`` exported by ``mobileone_dense.apis.onnx_export.export_onnx``
+    """``session.run`` of ``module`` exported by ``mobileone_dense.deploy.onnx_export.export_onnx``
     in an onnxruntime CPU session (``intra_op_num_threads = threads``), fed a numpy copy of
     ``inputs`` made beforehand; None (and a note) if onnx/onnxruntime/the exporter is missing."""
     try:

@@ -1,5 +1,5 @@
 """Models to check re-parameterization on: BN layers with non-trivial statistics (the check
-itself is :func:`mobileone_dense.engine.deploy.deploy_error`)."""
+itself is :func:`mobileone_dense.engine.deploy_checkpoints.deploy_error`)."""
 
 from typing import Optional
 

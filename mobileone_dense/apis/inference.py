@@ -10,7 +10,7 @@ from mmengine.config import Config
 
 from ..converters import load_checkpoint_file, load_weights_strictly, state_dict_of
 from ..datasets.metainfo import config_dataset_meta
-from ..engine.deploy import reparameterize_to_load
+from ..engine.deploy_checkpoints import reparameterize_to_load
 from ..engine.model_building import build_model_from_config
 from ..models.reparameterize import reparameterize
 

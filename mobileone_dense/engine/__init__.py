@@ -1,4 +1,4 @@
-from .deploy import atomic_save
+from .deploy_checkpoints import atomic_save
 from .deploy_files import deploy_config
 from .hooks import FiniteLossHook, ReparameterizeHook
 from .runner import Runner

@@ -28,7 +28,7 @@ import torch.nn as nn
 from mmengine.hooks import EMAHook
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from .deploy import unwrap_model
+from .deploy_checkpoints import unwrap_model
 
 # mmengine 0.10.7's CheckpointHook writes the path of the checkpoint it saved last into this
 # file of the work dir (and ``find_latest_checkpoint`` reads it back for ``--resume``).

@@ -17,7 +17,7 @@ from mmengine.config import Config
 from ..datasets.metainfo import config_dataset_meta, plain
 from ..errors import ConfigError, DeployConfigError
 from ..models.reparameterize import folded_norm_names, reparameterize
-from .deploy import (
+from .deploy_checkpoints import (
     EXACT_TOLERANCE,
     atomic_dump_config,
     atomic_save,

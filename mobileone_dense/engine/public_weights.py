@@ -20,7 +20,7 @@ from ..converters import (
 )
 from ..converters.download import cached_download, is_url
 from ..errors import CheckpointError
-from .deploy import is_deploy_checkpoint
+from .deploy_checkpoints import is_deploy_checkpoint
 
 # What tools/test.py can do when a checkpoint URL can be neither downloaded nor found cached.
 LOCAL_COPY = 'give tools/test.py the path of a local copy of the file instead of its URL'

@@ -26,7 +26,7 @@ from .compat import (
     load_loaded_checkpoint,
     mark_checkpoint_loaded,
 )
-from .deploy import reparameterize_to_load, replace_durably, unwrap_model
+from .deploy_checkpoints import reparameterize_to_load, replace_durably, unwrap_model
 
 # message_hub key of the RNG states at the moment a checkpoint was written
 RNG_STATE_KEY = 'mobileone_dense_rng_state'

@@ -20,7 +20,7 @@ dynamic, at a second size with batch 2, and renamed to --out only when every out
 PyTorch within --tolerance (max|onnx - torch| / max|torch|); otherwise nothing is written and
 the exit status is 1.
 
---end2end writes the whole prediction instead (mobileone_dense/apis/onnx_end2end.py):
+--end2end writes the whole prediction instead (mobileone_dense/deploy/onnx_end2end.py):
 detection ``input`` + ``scale_factor`` (N, 2) -> ``boxes`` (N, K, 4) in original-image pixels,
 ``scores``, ``labels`` (N, K), ``num_dets`` (N,) (anchors, decoding and ONNX NonMaxSuppression in
 the graph); segmentation ``labels`` (N, H, W), the argmax at the input size; classification the
@@ -42,24 +42,24 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # a checkout
 import mobileone_dense  # noqa: F401
 from mobileone_dense.apis.inference import init_model
-from mobileone_dense.apis.onnx_data import (
+from mobileone_dense.deploy.onnx_data import (
     pipeline_at_scale,
     preprocessed_batches,
     split_dataset,
     spread_indices,
 )
-from mobileone_dense.apis.onnx_end2end import export_end2end
-from mobileone_dense.apis.onnx_end2end_check import check_end2end
-from mobileone_dense.apis.onnx_export import (
+from mobileone_dense.deploy.onnx_end2end import export_end2end
+from mobileone_dense.deploy.onnx_end2end_check import check_end2end
+from mobileone_dense.deploy.onnx_export import (
     DEFAULT_OPSET,
     check_onnx_parity,
     export_onnx,
     exportable_task,
     require_onnx,
 )
-from mobileone_dense.apis.onnx_metadata import preprocessing_info
+from mobileone_dense.deploy.onnx_metadata import preprocessing_info
 from mobileone_dense.datasets.wrappers import innermost_dataset
-from mobileone_dense.engine.deploy import write_atomically
+from mobileone_dense.engine.deploy_checkpoints import write_atomically
 from mobileone_dense.errors import InputError, OnnxParityError
 from mobileone_dense.models.tasks import DEFAULT_INPUT_SIZE
 
@@ -185,7 +185,7 @@ def describe_outputs(path: str) -> list:
 
 POSTPROCESS_USAGE = """\
 post-processing (decoding, score threshold, NMS, rescaling: mmdet's own code):
-  from mobileone_dense.apis import ssd_postprocess
+  from mobileone_dense.deploy import ssd_postprocess
   outs = session.run(None, {{'input': x}})          # x: (N, 3, H, W) as above
   n = len(outs) // 2
   metas = [dict(img_shape=(H, W), ori_shape=(h0, w0), scale_factor=(W / w0, H / h0))]

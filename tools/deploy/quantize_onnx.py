@@ -26,16 +26,16 @@ from mmengine.config import Config
 
 import mobileone_dense  # noqa: F401
 from mobileone_dense.apis.model_building import build_model_from_config
-from mobileone_dense.apis.onnx_export import require_onnx
-from mobileone_dense.apis.onnx_metadata import read_metadata
-from mobileone_dense.apis.quantization import (
+from mobileone_dense.deploy.onnx_export import require_onnx
+from mobileone_dense.deploy.onnx_metadata import read_metadata
+from mobileone_dense.deploy.quantization import (
     METHODS,
     TASK_METRICS,
     calibration_feeds,
     compare_float_int8,
     quantize_onnx,
 )
-from mobileone_dense.engine.deploy import write_atomically
+from mobileone_dense.engine.deploy_checkpoints import write_atomically
 from mobileone_dense.errors import InputError
 
 

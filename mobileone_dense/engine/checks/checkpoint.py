@@ -11,7 +11,7 @@ from mmengine.config import Config
 from ...converters import load_checkpoint_file, state_dict_of
 from ...converters.loading import check_weights_match
 from ...errors import WeightsMismatchError
-from ..deploy import is_deploy_checkpoint, reparameterize_to_load, unwrap_model
+from ..deploy_checkpoints import is_deploy_checkpoint, reparameterize_to_load, unwrap_model
 
 
 def read_checkpoint(cfg: Config) -> Optional[Tuple[str, dict]]:

@@ -14,7 +14,7 @@ from mmengine.utils import deprecated_api_warning
 from ...models.reparameterize import in_deploy_form, reparameterize
 from ...registry import HOOKS
 from ..compat import ema_copies, last_checkpoint
-from ..deploy import deploy_error, unwrap_model
+from ..deploy_checkpoints import deploy_error, unwrap_model
 from ..deploy_files import write_deploy_files
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine.deploy import max_relative_difference, write_atomically
+from ..engine.deploy_checkpoints import max_relative_difference, write_atomically
 from ..errors import OnnxParityError  # noqa: F401 (re-exported: raised here)
 from ..models.tasks import DEFAULT_INPUT_SIZE, model_task
 from .onnx_metadata import (
@@ -196,7 +196,7 @@ def export_module(
 
     Static output sizes are written into the graph (see :func:`_set_static_dims`) and
     ``metadata`` into its ``metadata_props``; the file is written by
-    :func:`~mobileone_dense.engine.deploy.write_atomically`.
+    :func:`~mobileone_dense.engine.deploy_checkpoints.write_atomically`.
     """
 
     def write(tmp: str) -> None:

@@ -21,7 +21,7 @@ original-image pixels, as ``predict(..., rescale=True)``). Outputs, per task:
   the ``k`` best classes, highest first.
 
 The export contract (the file's outputs equal PyTorch's ``predict`` on real images) is checked
-by :func:`mobileone_dense.apis.onnx_end2end_check.check_end2end`.
+by :func:`mobileone_dense.deploy.onnx_end2end_check.check_end2end`.
 """
 
 import math

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from mmengine.evaluator import Evaluator
 from mmengine.structures import InstanceData, PixelData
 
-from ..engine.deploy import write_atomically
+from ..engine.deploy_checkpoints import write_atomically
 from .onnx_data import preprocessed_batches, split_dataset, spread_indices
 from .onnx_export import onnx_session, ssd_postprocess
 from .onnx_metadata import read_metadata
