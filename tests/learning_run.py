@@ -22,7 +22,14 @@ def main(argv=None) -> int:
     parser.add_argument('job', choices=['classifier', 'segmentor'])
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--work-dir', required=True)
+    parser.add_argument(
+        '--tool-timeout',
+        type=float,
+        default=trained_runs.TOOL_TIMEOUT,
+        help='seconds each tool run may take (raise it when the run shares the CPU)',
+    )
     args = parser.parse_args(argv)
+    trained_runs.TOOL_TIMEOUT = args.tool_timeout
     if args.job == 'classifier':
         result = trained_runs.prepare_classifier(args.work_dir, seed=args.seed)()
         top1 = [r['metrics']['accuracy/top1'] for r in result['records'] if r['event'] == 'val']
