@@ -29,7 +29,7 @@ from mobileone_dense.apis.inference import init_model, read_image
 from mobileone_dense.apis.onnx_end2end import end2end_graph, export_end2end
 from mobileone_dense.apis.onnx_end2end_check import check_end2end, match_detections
 from mobileone_dense.apis.onnx_metadata import read_metadata
-from mobileone_dense.apis.visualization import predict
+from mobileone_dense.apis.prediction import predict
 from mobileone_dense.errors import OnnxParityError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
