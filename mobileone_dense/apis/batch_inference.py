@@ -212,7 +212,6 @@ def run_inference(
                 if index >= len(names):  # a video longer than its declared frame count
                     names.append(name)
                     map_names.append(f'{stem}_{index:06d}.png')
-                destination = None
                 if video is not None or out_file or out_dir:
                     drawing, summary = drawer(image, result)
                     if video is not None:

@@ -124,4 +124,4 @@ def write_label_map(path: str, result: Any) -> Dict[str, Any]:
 def write_json(path: str, content: Any) -> None:
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:
-        json.dump(content, f, indent=1)
+        json.dump(content, f)
