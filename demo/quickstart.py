@@ -21,8 +21,9 @@ from mmengine.config import Config
 
 import mobileone_dense  # noqa: F401
 from mobileone_dense.apis.inference import init_model, read_image
+from mobileone_dense.apis.prediction import predict
 from mobileone_dense.apis.quickstart import QUICKSTART_IMAGES, quickstart_config
-from mobileone_dense.apis.visualization import draw_prediction, predict
+from mobileone_dense.apis.visualization import draw_prediction
 from mobileone_dense.datasets import make_coco_shapes
 from mobileone_dense.engine import ReparameterizeHook, Runner
 from mobileone_dense.engine.launch import build_runner

@@ -300,7 +300,7 @@ def test_demo_explains_bad_images(trained_detector, tmp_path, capsys, bad):
     assert image_demo.main([path, config_path('s0'), trained_detector['checkpoint']]) == 2
     expected = {
         'missing': 'does not exist',
-        'directory': 'is a directory',
+        'directory': 'has no image files',
         'text': 'not a readable image',
     }[bad]
     err = capsys.readouterr().err

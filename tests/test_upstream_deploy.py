@@ -32,7 +32,7 @@ from short_configs import (
 )
 
 from mobileone_dense.apis.inference import init_model, read_image
-from mobileone_dense.apis.visualization import predict
+from mobileone_dense.apis.prediction import predict
 from mobileone_dense.converters import load_checkpoint_file, state_dict_of
 from mobileone_dense.engine import ReparameterizeHook, Runner
 from mobileone_dense.engine.compat import last_checkpoint

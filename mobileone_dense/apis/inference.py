@@ -12,6 +12,7 @@ from ..converters import load_checkpoint_file, load_weights_strictly, state_dict
 from ..datasets.metainfo import config_dataset_meta
 from ..engine.deploy_checkpoints import reparameterize_to_load
 from ..engine.model_building import build_model_from_config
+from ..errors import BadDataError, MissingDataError
 from ..models.reparameterize import reparameterize
 
 
@@ -19,15 +20,16 @@ def read_image(path: str) -> np.ndarray:
     """Read an image file as BGR uint8 (H, W, 3), whatever its depth and channels.
 
     ``mmcv.imread(flag='color')`` already replicates grayscale, drops alpha and reduces 16-bit
-    images to 8 bits; this adds errors that name the file and the problem.
+    images to 8 bits (the upstream inferencers' array loaders take an array as it is: a
+    grayscale one fails there); this adds errors that name the file and the problem.
     """
     if osp.isdir(path):
-        raise ValueError(f'{path!r} is a directory; give the path of one image file')
+        raise BadDataError(f'{path!r} is a directory; give the path of one image file')
     if not osp.isfile(path):
-        raise FileNotFoundError(f'image {path!r} does not exist')
+        raise MissingDataError(f'image {path!r} does not exist')
     image = mmcv.imread(path, flag='color')
     if image is None:
-        raise ValueError(
+        raise BadDataError(
             f'{path!r} is not a readable image (OpenCV cannot decode it); give a '
             'JPEG, PNG, BMP, TIFF or WebP file'
         )

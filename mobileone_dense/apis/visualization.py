@@ -1,4 +1,5 @@
-"""Task-dispatching prediction and drawing for the demo: one entry point for every task."""
+"""Drawing of predictions for the demo: one entry point for every task (prediction itself:
+``prediction.py``)."""
 
 import os
 import os.path as osp
@@ -11,63 +12,72 @@ import torch.nn as nn
 from ..models.tasks import model_task
 
 
-def predict(model: nn.Module, image: np.ndarray) -> Any:
-    """Run ``model`` on one BGR uint8 image with its config's test pipeline."""
-    task = model_task(model)
-    if task == 'detection':
-        from mmdet.apis import inference_detector
+class Drawer:
+    """Draws a model's predictions on its input images, the same way for every caller (the
+    image demo, its batches and videos, the quickstart; ``demo/onnx_demo.py`` redraws the same
+    pictures without torch).
 
-        return inference_detector(model, image)
-    if task == 'classification':
-        return _classify(model, image)
-    from mmseg.apis import inference_model
+    ``drawer(image, result)`` -> (BGR drawing, one-line summary) for a BGR uint8 ``image`` and
+    the data sample predicted for it. Detection: mmdet's ``DetLocalVisualizer`` (boxes with
+    score >= ``score_thr``, the dataset palette, ``"class: score"`` labels), one instance per
+    drawer (mmengine keeps every visualizer instance by name); the drawing has the image's size.
+    Segmentation and classification: our overlay with a legend and our top-5 panel (see
+    :func:`draw_segmentation`), right of the image: the drawing is wider.
+    """
 
-    return inference_model(model, image)
+    def __init__(self, model: nn.Module, score_thr: float = 0.3):
+        self.task = model_task(model)
+        self.meta = model.dataset_meta or {}
+        self.score_thr = score_thr
+        self._visualizer = None
 
+    def __call__(self, image: np.ndarray, result: Any) -> Tuple[np.ndarray, str]:
+        if self.task == 'detection':
+            return self._detections(image, result)
+        classes = self.meta.get('classes', ())
+        if self.task == 'classification':
+            drawing, top = draw_classification(image, result.pred_score.cpu().numpy(), classes)
+            return drawing, 'top-{}: '.format(len(top)) + ', '.join(f'{n} {s:.2f}' for n, s in top)
+        labels = result.pred_sem_seg.data[0].cpu().numpy()
+        palette = self.meta.get('palette') or _default_palette(len(classes))
+        drawing, present = draw_segmentation(image, labels, classes, palette)
+        return drawing, f'{len(present)} classes: ' + ', '.join(
+            f'{name} {share:.0%}' for name, share in present
+        )
 
-def _classify(model: nn.Module, image: np.ndarray) -> Any:
-    """mmpretrain's ``ImageClassificationInferencer`` steps on an array: the config's test
-    pipeline without its file loading, then ``test_step`` (a ``DataSample`` with
-    ``pred_score``)."""
-    import torch
-    from mmengine.dataset import Compose, pseudo_collate
-    from mmpretrain.registry import TRANSFORMS
+    def _detections(self, image: np.ndarray, result: Any) -> Tuple[np.ndarray, str]:
+        if self._visualizer is None:
+            from mmdet.visualization import DetLocalVisualizer
 
-    steps = [
-        t
-        for t in model.cfg.test_dataloader.dataset.pipeline
-        if not str(t['type']).endswith('LoadImageFromFile')
-    ]
-    pipeline = Compose([TRANSFORMS.build(t) for t in steps])
-    data = pipeline(dict(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2]))
-    with torch.no_grad():
-        return model.test_step(pseudo_collate([data]))[0]
+            self._visualizer = DetLocalVisualizer(name=f'mobileone_dense_demo_{id(self)}')
+            self._visualizer.dataset_meta = self.meta
+        self._visualizer.add_datasample(
+            'prediction', image[..., ::-1], result, draw_gt=False, pred_score_thr=self.score_thr
+        )
+        drawing = np.ascontiguousarray(self._visualizer.get_image()[..., ::-1])  # RGB -> BGR
+        instances = result.pred_instances
+        keep = instances.scores >= self.score_thr
+        classes = self.meta.get('classes', ())
+        labels = instances.labels[keep].tolist()
+        names = [classes[i] if i < len(classes) else str(i) for i in labels]
+        return drawing, f'{int(keep.sum())} detections with score >= {self.score_thr}' + (
+            f': {", ".join(sorted(set(names)))}' if names else ''
+        )
 
 
 def draw_prediction(
     model: nn.Module, image: np.ndarray, result: Any, out_file: str, score_thr: float = 0.3
 ) -> str:
-    """Draw ``result`` on ``image`` into ``out_file`` (PNG); return a one-line summary."""
-    folder = osp.dirname(osp.abspath(out_file))
-    os.makedirs(folder, exist_ok=True)
-    task = model_task(model)
-    if task == 'detection':
-        return _draw_detections(model, image, result, out_file, score_thr)
-    if task == 'classification':
-        drawing, top = draw_classification(
-            image, result.pred_score.cpu().numpy(), model.dataset_meta.get('classes', ())
-        )
-        _write(out_file, drawing)
-        return 'top-{}: '.format(len(top)) + ', '.join(f'{n} {s:.2f}' for n, s in top)
-    labels = result.pred_sem_seg.data[0].cpu().numpy()
-    classes = model.dataset_meta.get('classes', ())
-    palette = model.dataset_meta.get('palette') or _default_palette(len(classes))
-    drawing, present = draw_segmentation(image, labels, classes, palette)
-    _write(out_file, drawing)
-    return f'{len(present)} classes: ' + ', '.join(f'{name} {share:.0%}' for name, share in present)
+    """Draw ``result`` on ``image`` (as :class:`Drawer`) into ``out_file``; return the one-line
+    summary."""
+    drawing, summary = Drawer(model, score_thr)(image, result)
+    write_image(out_file, drawing)
+    return summary
 
 
-def _write(out_file: str, drawing: np.ndarray) -> None:
+def write_image(out_file: str, drawing: np.ndarray) -> None:
+    """Write a BGR drawing (its folder made); an error that names the file if it fails."""
+    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
     if not cv2.imwrite(out_file, drawing):
         raise OSError(f'could not write {out_file!r} (give a .png path in a writable folder)')
 
@@ -99,30 +109,6 @@ def draw_classification(
     canvas[: image.shape[0], : image.shape[1]] = image
     canvas[:, image.shape[1] :] = panel
     return canvas, top
-
-
-def _draw_detections(
-    model: nn.Module, image: np.ndarray, result: Any, out_file: str, score_thr: float
-) -> str:
-    from mmdet.visualization import DetLocalVisualizer
-
-    visualizer = DetLocalVisualizer(name=f'mobileone_dense_demo_{id(result)}')
-    visualizer.dataset_meta = model.dataset_meta
-    visualizer.add_datasample(
-        'prediction',
-        image[..., ::-1],
-        result,
-        draw_gt=False,
-        pred_score_thr=score_thr,
-        out_file=out_file,
-    )
-    instances = result.pred_instances
-    keep = instances.scores >= score_thr
-    classes = model.dataset_meta.get('classes', ())
-    labels = [classes[i] if i < len(classes) else str(i) for i in instances.labels[keep].tolist()]
-    return f'{int(keep.sum())} detections with score >= {score_thr}' + (
-        f': {", ".join(sorted(set(labels)))}' if labels else ''
-    )
 
 
 def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
