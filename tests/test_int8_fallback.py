@@ -11,7 +11,10 @@ from mobileone_dense.deploy.onnx_data import disjoint_indices
 from mobileone_dense.deploy.quantization_fallback import candidate_groups
 
 STAGES = ['stem/', 'stages.0/', 'stages.1/', 'head/']
-BLOCKS = {'stages.0/': ['stages.0/b0/', 'stages.0/b1/', 'stages.0/b2/'], 'stages.1/': ['stages.1/b0/']}
+BLOCKS = {
+    'stages.0/': ['stages.0/b0/', 'stages.0/b1/', 'stages.0/b2/'],
+    'stages.1/': ['stages.1/b0/'],
+}
 
 
 def model_with(costs, calls=None):
@@ -55,7 +58,9 @@ def test_the_breaking_block_stays_float_not_its_stage():
 def test_layers_that_each_break_the_model_alone_are_all_found():
     # quantizing either one alone gives chance: keeping only one float recovers nothing
     def evaluate(float_layers):
-        broken = [n for n in ('stem/', 'stages.0/b0/') if not any(n.startswith(f) for f in float_layers)]
+        broken = [
+            n for n in ('stem/', 'stages.0/b0/') if not any(n.startswith(f) for f in float_layers)
+        ]
         return 25.0 if broken else 100.0
 
     result = select_float_layers(STAGES, evaluate, 100.0, 1.0, children)
@@ -67,9 +72,12 @@ def test_a_choice_made_unnecessary_by_a_later_one_is_quantized_again():
     # looks the worst, so the greedy pass takes it first, then B closes the budget without it
     def evaluate(float_layers):
         quantized = {n for n in ('a/', 'b/', 'c/') if n not in float_layers}
-        return 100.0 - 5.0 * ({'a/'} <= quantized and 'c/' not in quantized) - 2.0 * (
-            'b/' in quantized
-        ) - 0.8 * ('c/' in quantized)
+        return (
+            100.0
+            - 5.0 * ({'a/'} <= quantized and 'c/' not in quantized)
+            - 2.0 * ('b/' in quantized)
+            - 0.8 * ('c/' in quantized)
+        )
 
     result = select_float_layers(['a/', 'b/', 'c/'], evaluate, 100.0, 1.0)
     assert result.float_layers == ['b/'] and result.metric == 99.2
@@ -111,14 +119,13 @@ def test_candidate_groups_of_an_exported_graph():
     with tempfile.NamedTemporaryFile(suffix='.onnx') as f:
         onnx.save(helper.make_model(graph), f.name)
         coarse, finer = candidate_groups(f.name)
-    assert coarse == [
-        '/model/backbone/stem/',
-        '/model/backbone/stages.0/',
-        '/model/neck/gap/',
-        '/model/head/fc/',
-    ]
-    assert finer == {
-        '/model/backbone/stem/': ['/model/backbone/stem/reparam_conv/', '/model/backbone/stem/act/'],
+    assert coarse == ['/model/backbone/', '/model/neck/', '/model/head/']
+    assert finer == {  # neck and head: one sub-module each, not split
+        '/model/backbone/': ['/model/backbone/stem/', '/model/backbone/stages.0/'],
+        '/model/backbone/stem/': [
+            '/model/backbone/stem/reparam_conv/',
+            '/model/backbone/stem/act/',
+        ],
         '/model/backbone/stages.0/': [
             '/model/backbone/stages.0/stages.0.0/',
             '/model/backbone/stages.0/stages.0.1/',
@@ -126,10 +133,23 @@ def test_candidate_groups_of_an_exported_graph():
     }
 
 
+def test_levels_go_down_until_the_groups_have_no_children():
+    tree = {
+        'net/': ['net/backbone/', 'net/head/'],
+        'net/backbone/': ['net/backbone/s0/', 'net/backbone/s1/'],
+        'net/backbone/s0/': ['net/backbone/s0/b0/', 'net/backbone/s0/b1/'],
+    }
+    costs = {'net/backbone/s0/b1/': 50.0, 'net/head/': 0.4}
+    result = select_float_layers(['net/'], model_with(costs), 100.0, 1.0, lambda g: tree.get(g, []))
+    assert result.float_layers == ['net/backbone/s0/b1/'] and result.metric == 99.6
+
+
 def test_selection_and_report_images_are_disjoint():
     selection, evaluation = disjoint_indices(300, 100)
     assert len(selection) == 100 and len(evaluation) == 200
-    assert not set(selection) & set(evaluation) and set(selection) | set(evaluation) == set(range(300))
+    assert not set(selection) & set(evaluation) and set(selection) | set(evaluation) == set(
+        range(300)
+    )
     selection, evaluation = disjoint_indices(8, 100, 3)  # at most half for the selection
     assert len(selection) == 4 and len(evaluation) == 3 and not set(selection) & set(evaluation)
     assert disjoint_indices(5, 0) == ([], [0, 1, 2, 3, 4])

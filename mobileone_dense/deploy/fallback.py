@@ -12,10 +12,10 @@ returns its metric on a selection set (higher is better). The search:
 3. greedily keep candidates in float, the most sensitive first, until the budget holds; then try
    to quantize again each one chosen before the last (fewer float layers when an earlier choice
    turned out unnecessary);
-4. with ``children``: the chosen candidates are replaced by their children (e.g. a stage by its
-   blocks) and steps 2-3 run again among those, the other candidates quantized; coarse groups
-   first keep the number of evaluations near (#groups + #children of the chosen groups) instead
-   of #layers.
+4. with ``children``: the chosen candidates are replaced by their children (e.g. the backbone
+   by its stages, a stage by its blocks) and steps 2-3 run again among those, the other
+   candidates quantized, level after level; coarse groups first keep the number of evaluations
+   near (#groups + #children of the chosen groups, per level) instead of #layers.
 
 Names are hierarchical: ``evaluate`` must treat a name as covering every layer under it.
 """
@@ -115,8 +115,8 @@ def select_float_layers(
             reported on). Called with frozensets; each distinct set once.
         float_metric: the float model's metric on the same set.
         max_drop: the budget, in the metric's units.
-        children: finer names under a candidate (``[]``: none), searched in a second level
-            among the candidates chosen by the first.
+        children: finer names under a candidate (``[]``: none), searched in the next level
+            among the candidates chosen by this one.
         log: called with one line per evaluation (progress).
     """
     search = _Search(evaluate, float_metric - max_drop, log)
@@ -126,11 +126,11 @@ def select_float_layers(
     chosen: List[str] = []
     if quantized < search.target:
         chosen = search.level(candidates, sensitivity)
-        finer = [child for name in chosen for child in (children(name) if children else [])]
-        if finer:
-            # a chosen group without children stays a candidate of the second level as it is
-            finer += [name for name in chosen if not children(name)]
-            chosen = search.level(finer, sensitivity)
+        while children and any(children(name) for name in chosen):
+            # a chosen group without children stays a candidate of the next level as it is
+            chosen = search.level(
+                [child for name in chosen for child in (children(name) or [name])], sensitivity
+            )
     metric = search.metric(chosen)
     return FallbackResult(
         float_layers=chosen,

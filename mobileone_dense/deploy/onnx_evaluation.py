@@ -110,7 +110,9 @@ def evaluate_onnx(
     return evaluate_batches(session, read_metadata(path), model, cfg, batches, dataset)
 
 
-def top1_labels(session: Any, meta: Dict[str, Any], feeds: List[Dict[str, np.ndarray]]) -> np.ndarray:
+def top1_labels(
+    session: Any, meta: Dict[str, Any], feeds: List[Dict[str, np.ndarray]]
+) -> np.ndarray:
     """A classifier's top-1 class per image of ``feeds`` (raw logits or end-to-end top-k),
     shape ``(num_images,)``."""
     labels = []
@@ -175,7 +177,9 @@ def compare_models(
             reference = labels if reference is None else reference
             row['agreement'] = agreement(labels, reference)
         rows.append(row)
-    latencies = interleaved_latency(list(paths.values()), feeds[0], repeats, num_threads=num_threads)
+    latencies = interleaved_latency(
+        list(paths.values()), feeds[0], repeats, num_threads=num_threads
+    )
     for row, ms in zip(rows, latencies):
         row['latency_ms'] = ms
     return rows

@@ -4,11 +4,11 @@ Calibration reads ``N`` images of the config's **training** split through the co
 pipeline (so they are prepared exactly as evaluation images, but are never the images the
 accuracy is measured on). The comparison with the float model is ``onnx_evaluation.py``, the
 choice of the layers kept float ``quantization_fallback.py``. Any of our exports works: raw
-network outputs (post-processed with the libraries' own code) or ``--end2end`` graphs. Only the network is quantized (the nodes our exporters name ``/model/...``: convs,
-their activations, pooling; weights per output channel by default): the end-to-end graphs'
-anchors, decoding, NMS, argmax and softmax stay float. Quantizing the activations between the
-convs too (not only the convs) lets onnxruntime chain INT8 convs without converting back to
-float between them.
+network outputs (post-processed with the libraries' own code) or ``--end2end`` graphs. Only the
+network is quantized (the nodes our exporters name ``/model/...``: convs, their activations,
+pooling; weights per output channel by default): the end-to-end graphs' anchors, decoding, NMS,
+argmax and softmax stay float. Quantizing the activations between the convs too (not only the
+convs) lets onnxruntime chain INT8 convs without converting back to float between them.
 """
 
 import os
@@ -45,6 +45,8 @@ NETWORK_OPS = QUANTIZED_OPS + (
 ENTROPY_BINS = PERCENTILE_BINS = 2048
 # Our exporters trace the model as the attribute ``model`` of their wrapper.
 NETWORK_SCOPE = '/model/'
+
+
 def feeds_of(batches: Sequence[tuple], task: str) -> List[Dict[str, np.ndarray]]:
     """onnxruntime inputs of preprocessed ``(inputs, data_samples)`` batches (detection graphs
     also get ``scale_factor``; raw graphs ignore it, see :func:`run_session`)."""

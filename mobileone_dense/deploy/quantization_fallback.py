@@ -2,10 +2,10 @@
 float, chosen by measuring on a selection set (``fallback.select_float_layers``).
 
 The candidates are groups of our exports' node names (prefixes ending in ``/``, as ``--exclude``
-takes them): first the modules two levels under ``/model/`` (the backbone's stem and stages, the
-neck, the heads' convs), then, inside those that must stay float, the modules one level further
-(the backbone's re-parameterized blocks). The metric is the task's (see :data:`BUDGET_METRIC`):
-what the quantized model would lose on the selection set.
+takes them): first the modules under ``/model/`` (backbone, neck, head), then, inside those that
+must stay float, their sub-modules (the backbone's stem and stages, the head's convs), then
+theirs (the re-parameterized blocks of a stage). The metric is the task's (see
+:data:`BUDGET_METRIC`): what the quantized model would lose on the selection set.
 """
 
 import os.path as osp
@@ -23,33 +23,31 @@ BUDGET_METRIC = dict(
 )
 
 
-def candidate_groups(path: str) -> Tuple[List[str], Dict[str, List[str]]]:
-    """The coarse candidates of the graph at ``path`` (module prefixes two levels under
-    ``/model/`` that hold a quantized node, in graph order) and their finer groups (one level
-    further; absent when a group has only one). Every node that may be quantized is under a
-    candidate (a node directly under ``/model/`` is its own), pooling too: an INT8 pooled
-    feature can break a model as an INT8 conv can."""
+def candidate_groups(path: str, depth: int = 3) -> Tuple[List[str], Dict[str, List[str]]]:
+    """The candidate groups of the graph at ``path``: the top-level modules under ``/model/``
+    that hold a node which may be quantized (in graph order), and each group's sub-modules one
+    level further, down to ``depth`` levels (a group with a single sub-module is not split).
+    Every node that may be quantized is under a group (a node directly under ``/model/`` is its
+    own), pooling too: an INT8 pooled feature can break a model as an INT8 conv can."""
     import onnx
 
-    coarse: List[str] = []
-    finer: Dict[str, List[str]] = {}
+    roots: List[str] = []
+    children: Dict[str, List[str]] = {}
     for node in onnx.load(path, load_external_data=False).graph.node:
         if node.op_type not in NETWORK_OPS or not node.name.startswith(NETWORK_SCOPE):
             continue
         modules = node.name[len(NETWORK_SCOPE) :].split('/')[:-1]  # the last part: the op
-        if modules:
-            group = NETWORK_SCOPE + '/'.join(modules[:2]) + '/'
-            child = NETWORK_SCOPE + '/'.join(modules[:3]) + '/'
-        else:
-            group = child = node.name
-        if group not in finer:
-            coarse.append(group)
-            finer[group] = []
-        if child not in finer[group]:
-            finer[group].append(child)
-    # a group under another one (``/model/neck/gap/`` under ``/model/neck/``) goes with it
-    coarse = [g for g in coarse if not any(g != o and g.startswith(o) for o in coarse)]
-    return coarse, {g: finer[g] for g in coarse if len(finer[g]) > 1}
+        prefixes = [
+            NETWORK_SCOPE + '/'.join(modules[:level]) + '/'
+            for level in range(1, min(depth, len(modules)) + 1)
+        ] or [node.name]
+        if prefixes[0] not in roots:
+            roots.append(prefixes[0])
+        for parent, child in zip(prefixes, prefixes[1:]):
+            siblings = children.setdefault(parent, [])
+            if child not in siblings:
+                siblings.append(child)
+    return roots, {group: subs for group, subs in children.items() if len(subs) > 1}
 
 
 def search_float_layers(

@@ -210,7 +210,12 @@ def quantize(args, cfg, model, meta, out):
         if not args.no_fallback:
             batches = preprocessed_batches(model, dataset, selection)
             metric_of, float_metric = selection_metric(
-                task, onnx_session(args.model, threads, spin=False), meta, model, cfg, batches,
+                task,
+                onnx_session(args.model, threads, spin=False),
+                meta,
+                model,
+                cfg,
+                batches,
                 dataset,
             )
             print(f'float fallback, budget {args.max_drop} {BUDGET_METRIC[task]} points:')
