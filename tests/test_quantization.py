@@ -31,14 +31,12 @@ def load_tool():
 
 
 def quantize(config, model_path, tmp_path, *extra):
-    """Run the tool; the JSON rows (float32, int8) and what it printed."""
+    """Run the tool with its defaults but for ``extra`` and short timing; its JSON result."""
     out_json = str(tmp_path / 'result.json')
     code = load_tool().main(
         [
             config,
             model_path,
-            '--calib-images',
-            '4',
             '--repeats',
             '3',
             '--threads',
@@ -54,12 +52,17 @@ def quantize(config, model_path, tmp_path, *extra):
 
 
 def check_rows(result, metric, float_expected, max_drop):
+    """The float row's metric is PyTorch's (``float_expected``; None: not comparable, another
+    image set); the written INT8 file's is within ``max_drop``; the fallback met its budget."""
     rows = {row['model']: row for row in result['rows']}
-    assert abs(rows['float32'][metric] - float_expected) <= 0.05, (rows, float_expected)
+    if float_expected is not None:
+        assert abs(rows['float32'][metric] - float_expected) <= 0.05, (rows, float_expected)
     assert rows['int8'][metric] >= rows['float32'][metric] - max_drop, rows
     assert rows['int8']['size_mb'] < 0.45 * rows['float32']['size_mb']
     assert rows['int8']['latency_ms'] > 0 and rows['float32']['latency_ms'] > 0
-    assert result['rows'][1]['path'].endswith('_int8.onnx')
+    assert rows['int8']['path'].endswith('_int8.onnx')
+    assert result['fallback']['within_budget'], result['fallback']
+    return rows
 
 
 def test_calibration_reads_the_training_split_through_the_test_pipeline(
@@ -102,36 +105,44 @@ def test_segmentor_int8_against_float(learned_segmentor, tmp_path):
     export_onnx(model, path, (1, 3, 128, 128))
     from trained_runs import miou_printed_by
 
+    # the fixture's 8 val images: 4 choose the fallback, the other 4 are reported (so the float
+    # row is not tools/test.py's mIoU over 8); the goal on 200 images: docs/deployment.md
     result = quantize(seg['deploy_config'], path, tmp_path)
-    check_rows(result, 'mIoU', miou_printed_by(seg['tests']['deploy']), max_drop=5.0)
+    assert miou_printed_by(seg['tests']['deploy']) > 0
+    check_rows(result, 'mIoU', None, max_drop=5.0)
     assert read_metadata(result['rows'][1]['path'])['task'] == 'segmentation'
 
 
-def test_classifier_int8_against_float(learned_classifier, tmp_path):
+def test_classifier_int8_holds_by_default(learned_classifier, tmp_path):
+    """The trained S0 has deploy kernels up to ~1e3-1e4 in its first stage (BN channels of
+    near-zero variance), which amplify the rounding of their INT8 inputs: fully quantized, top-1
+    falls to chance (docs/deployment.md). With the defaults the fallback keeps what breaks it
+    float, chosen on 100 val images, and holds on 200 others (a larger generated val split:
+    the fixture's train images and 75 val images per class)."""
+    from mobileone_dense.datasets.synthetic_imagenet import make_imagenet_folder
+
     cls = learned_classifier
     model = init_model(cls['deploy_config'], cls['deploy_checkpoint'])
     path = str(tmp_path / 'cls.onnx')
     export_onnx(model, path, (1, 3, 48, 48))
-    expected = next(
-        float(line.split('accuracy/top1:')[1].split()[0])
-        for line in reversed(cls['logs'].splitlines())
-        if 'accuracy/top1:' in line
-    )
-    # The trained S0's stem and first stage have deploy kernels up to ~1e3-1e4 (BN channels of
-    # near-zero variance), which amplify the rounding of their INT8 inputs: quantized as well,
-    # top-1 falls to chance (docs/deployment.md). Kept float, the rest quantizes cleanly.
+    val = make_imagenet_folder(
+        str(tmp_path / 'imagenet'), num_classes=4, train_per_class=48, val_per_class=75, size=56
+    )['root']
     result = quantize(
         cls['deploy_config'],
         path,
         tmp_path,
-        '--exclude',
-        '/model/backbone/stem/',
-        '/model/backbone/stages.0/',
+        '--cfg-options',
+        f'val_dataloader.dataset.data_root={val}',
     )
-    check_rows(result, 'top-1', expected, max_drop=10.0)
-    assert result['settings']['method'] == 'MinMax'
-    kept = result['kept_float']
-    assert len(kept) == 10 and all('/stem/' in name or '/stages.0/' in name for name in kept)
+    rows = check_rows(result, 'top-1', None, max_drop=1.0)
+    assert result['eval_images'] == 200 and result['fallback']['selection_images'] == 100
+    assert rows['float32']['top-1'] >= 70.0  # the learning floor of the classifier's tests
+    # >= 99 % top-1 agreement with the float model, in counts: at most 2 of 200 differ
+    assert round(rows['int8']['agreement'] * 2) >= 198, rows
+    kept = result['fallback']['float_groups']
+    if rows.get('int8, all layers', rows['int8'])['agreement'] < 99.0:
+        assert kept and all('/backbone/' in name for name in kept)
 
 
 def test_detector_int8_end_to_end_against_float(quickstart, tmp_path):
@@ -147,13 +158,16 @@ def test_detector_int8_end_to_end_against_float(quickstart, tmp_path):
     export_end2end(model, path)
     printed = next(line for line in quickstart['out'].splitlines() if 'mAP@[.5:.95]' in line)
     expected = float(printed.split('mAP@[.5:.95] =')[1].split()[0]) * 100
+    # the quickstart's 24 val images: 12 choose the fallback, the other 12 are reported (the
+    # float row is not tools/test.py's mAP over 24); the goal on 200 images: docs/deployment.md
     result = quantize(config, path, tmp_path)
-    check_rows(result, 'mAP', expected, max_drop=10.0)
-    assert result['kept_float'] == []
+    assert expected > 0
+    rows = check_rows(result, 'mAP@0.5', None, max_drop=10.0)
+    assert rows['int8']['mAP'] >= rows['float32']['mAP'] - 10.0
     # the network is INT8 (QDQ), the post-processing float (NMS included)
     import onnx
 
-    graph = onnx.load(result['rows'][1]['path']).graph
+    graph = onnx.load(rows['int8']['path']).graph
     assert sum(n.op_type == 'DequantizeLinear' for n in graph.node) > 50
     assert any(n.op_type == 'NonMaxSuppression' for n in graph.node)
 

@@ -110,3 +110,12 @@ def spread_indices(length: int, count: int) -> List[int]:
     if count <= 0 or count >= length:
         return list(range(length))
     return [int(i * length / count) for i in range(count)]
+
+
+def disjoint_indices(length: int, first: int, second: int = 0) -> Tuple[List[int], List[int]]:
+    """Two disjoint index sets of ``range(length)``: ``first`` indices spread over it (at most
+    half of it), and ``second`` spread over the rest (``0``: all the rest)."""
+    chosen = spread_indices(length, min(first, length // 2)) if first > 0 else []
+    taken = set(chosen)
+    rest = [i for i in range(length) if i not in taken]
+    return chosen, [rest[i] for i in spread_indices(len(rest), second)]

@@ -1,36 +1,28 @@
-"""INT8 post-training static quantization of exported models (onnxruntime, QDQ format), and the
-side-by-side comparison with the float model: accuracy on the evaluation split, size, latency.
+"""INT8 post-training static quantization of exported models (onnxruntime, QDQ format).
 
 Calibration reads ``N`` images of the config's **training** split through the config's own test
 pipeline (so they are prepared exactly as evaluation images, but are never the images the
-accuracy is measured on); evaluation runs the config's ``val_evaluator`` on the ``val`` split
-(mAP for detection, mIoU for segmentation, top-1 for classification). Any of our exports
-works: raw network outputs (post-processed with the libraries' own code) or ``--end2end``
-graphs. Only the network is quantized (the nodes our exporters name ``/model/...``: convs,
-their activations, pooling; weights per output channel by default): the end-to-end graphs'
-anchors, decoding, NMS, argmax and softmax stay float. Quantizing the activations between the
-convs too (not only the convs) lets onnxruntime chain INT8 convs without converting back to
-float between them.
+accuracy is measured on). The comparison with the float model is ``onnx_evaluation.py``, the
+choice of the layers kept float ``quantization_fallback.py``. Any of our exports works: raw
+network outputs (post-processed with the libraries' own code) or ``--end2end`` graphs. Only the
+network is quantized (the nodes our exporters name ``/model/...``: convs, their activations,
+pooling; weights per output channel by default): the end-to-end graphs' anchors, decoding, NMS,
+argmax and softmax stay float. Quantizing the activations between the convs too (not only the
+convs) lets onnxruntime chain INT8 convs without converting back to float between them.
 """
 
 import os
 import os.path as osp
-import statistics
+import shutil
 import tempfile
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from mmengine.evaluator import Evaluator
-from mmengine.structures import InstanceData, PixelData
 
 from ..engine.deploy_checkpoints import write_atomically
 from .onnx_data import preprocessed_batches, split_dataset, spread_indices
-from .onnx_export import onnx_session, ssd_postprocess
-from .onnx_metadata import read_metadata
+from .onnx_export import onnx_session
 
 METHODS = ('MinMax', 'Entropy', 'Percentile')
 # Weighted ops; ``first/last`` exclusion looks for these.
@@ -53,12 +45,6 @@ NETWORK_OPS = QUANTIZED_OPS + (
 ENTROPY_BINS = PERCENTILE_BINS = 2048
 # Our exporters trace the model as the attribute ``model`` of their wrapper.
 NETWORK_SCOPE = '/model/'
-# What the comparison reports per task: (metric key of the evaluator, printed name, x100)
-TASK_METRICS = dict(
-    detection=[('coco/bbox_mAP', 'mAP', 100.0), ('coco/bbox_mAP_50', 'mAP@0.5', 100.0)],
-    segmentation=[('mIoU', 'mIoU', 1.0)],
-    classification=[('accuracy/top1', 'top-1', 1.0)],
-)
 
 
 def feeds_of(batches: Sequence[tuple], task: str) -> List[Dict[str, np.ndarray]]:
@@ -192,6 +178,111 @@ def _feeds_weighted(node: Any, consumers: dict) -> bool:
     return False
 
 
+class Calibration:
+    """A float ONNX model prepared for quantization and its calibrated activation ranges, from
+    which INT8 files with different layers kept float are written without calibrating again.
+
+    Use as a context manager (the prepared model and the ranges live in a temporary folder next
+    to ``out_dir``), or call :meth:`close`.
+
+    Args:
+        float_path: the float model (one of our exports).
+        feeds: calibration inputs (see :func:`calibration_feeds`).
+        out_dir: where the INT8 files will go (the work folder is made there).
+        method: ``'MinMax'``, ``'Entropy'`` or ``'Percentile'`` activation ranges.
+        per_channel: one weight scale per output channel (else per tensor).
+        percentile: the percentile of ``'Percentile'`` calibration.
+        activation_type: ``'QUInt8'`` or ``'QInt8'`` activations (weights are QInt8).
+    """
+
+    def __init__(
+        self,
+        float_path: str,
+        feeds: List[Dict[str, np.ndarray]],
+        out_dir: str,
+        method: str = 'MinMax',
+        per_channel: bool = True,
+        percentile: float = 99.999,
+        activation_type: str = 'QUInt8',
+    ) -> None:
+        from onnxruntime.quantization import CalibrationMethod
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if method not in METHODS:
+            raise ValueError(f'calibration method must be one of {METHODS}, got {method!r}')
+        if not feeds:
+            raise ValueError('no calibration images: give --calib-images >= 1')
+        self.per_channel, self.activation_type = per_channel, activation_type
+        self.calibration = getattr(CalibrationMethod, method)
+        os.makedirs(out_dir, exist_ok=True)
+        self.work = tempfile.mkdtemp(dir=out_dir, prefix='.quantize.')
+        try:
+            self.prepared = osp.join(self.work, 'prepared.onnx')
+            # shape inference + graph optimizations before quantizing (onnxruntime's advice);
+            # symbolic shapes are skipped: the end-to-end graphs' NMS has data-dependent sizes
+            quant_pre_process(float_path, self.prepared, skip_symbolic_shape=True)
+            self.network = network_nodes(self.prepared)
+            self.op_types = list(NETWORK_OPS if self.network else QUANTIZED_OPS)
+            # Calibrated here rather than inside quantize_static, which cannot set the
+            # histogram size: its Entropy calibration uses 128 bins for 128 quantized levels,
+            # which leaves a single candidate threshold, the full range, i.e. MinMax.
+            calibrator = create_calibrator(
+                self.prepared,
+                self.op_types,
+                augmented_model_path=osp.join(self.work, 'augmented.onnx'),
+                calibrate_method=self.calibration,
+                extra_options=dict(
+                    num_bins=ENTROPY_BINS if method == 'Entropy' else PERCENTILE_BINS,
+                    num_quantized_bins=128,
+                    percentile=percentile,
+                ),
+            )
+            session = onnx_session(self.prepared)
+            calibrator.collect_data(_Reader(feeds, [i.name for i in session.get_inputs()]))
+            self.ranges = osp.join(self.work, 'ranges.json')
+            save_tensors_data(calibrator.compute_data(), self.ranges)
+            del calibrator, session
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, out_path: str, exclude: Sequence[str] = ()) -> List[str]:
+        """Write the INT8 model to ``out_path`` (atomically) with the nodes of ``exclude``
+        (names, or prefixes ending in ``/``) kept float; returns the names of those nodes."""
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        excluded = expand_exclusions(self.prepared, exclude)
+
+        def write(tmp: str) -> None:
+            quantize_static(
+                self.prepared,
+                tmp,
+                None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=self.op_types,
+                nodes_to_quantize=self.network or None,
+                per_channel=self.per_channel,
+                activation_type=getattr(QuantType, self.activation_type),
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=self.calibration,
+                calibration_cache_path=self.ranges,
+            )
+
+        write_atomically(out_path, write, '.onnx')
+        return excluded
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> 'Calibration':
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
 def quantize_onnx(
     float_path: str,
     out_path: str,
@@ -203,189 +294,15 @@ def quantize_onnx(
     percentile: float = 99.999,
     activation_type: str = 'QUInt8',
 ) -> List[str]:
-    """Write the INT8 (QDQ) model of ``float_path`` to ``out_path`` (atomically).
-
-    Args:
-        feeds: calibration inputs (see :func:`calibration_feeds`).
-        method: ``'MinMax'``, ``'Entropy'`` or ``'Percentile'`` activation ranges.
-        per_channel: one weight scale per output channel (else per tensor).
-        exclude: node names kept in float; an entry ending in ``/`` keeps every node whose
-            name starts with it (e.g. ``/model/backbone/stages.0/``, a whole stage).
-        exclude_first_last: also keep the first conv and the output convs in float.
-        percentile: the percentile of ``'Percentile'`` calibration.
-        activation_type: ``'QUInt8'`` or ``'QInt8'`` activations (weights are QInt8).
-
-    Returns:
-        The names of the nodes kept in float.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    """Write the INT8 (QDQ) model of ``float_path`` to ``out_path`` (atomically), with the nodes
+    of ``exclude`` (names, or prefixes ending in ``/`` such as ``/model/backbone/stages.0/``)
+    kept float, and with ``exclude_first_last`` the first conv and the output convs too (other
+    arguments: :class:`Calibration`). Returns the names of the nodes kept in float."""
     if method not in METHODS:
         raise ValueError(f'calibration method must be one of {METHODS}, got {method!r}')
-    if not feeds:
-        raise ValueError('no calibration images: give --calib-images >= 1')
-    folder = osp.dirname(osp.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix='.quantize.') as work:
-        prepared = osp.join(work, 'prepared.onnx')
-        # shape inference + graph optimizations before quantizing (onnxruntime's advice);
-        # symbolic shapes are skipped: the end-to-end graphs' NMS has data-dependent sizes
-        quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
-        network = network_nodes(prepared)
-        excluded = expand_exclusions(prepared, exclude) + (
-            boundary_convs(prepared) if exclude_first_last else []
-        )
-        op_types = list(NETWORK_OPS if network else QUANTIZED_OPS)
-        calibration = getattr(CalibrationMethod, method)
-        # Calibrated here rather than inside quantize_static, which cannot set the histogram
-        # size: its Entropy calibration uses 128 bins for 128 quantized levels, which leaves a
-        # single candidate threshold, the full range, i.e. MinMax.
-        calibrator = create_calibrator(
-            prepared,
-            op_types,
-            augmented_model_path=osp.join(work, 'augmented.onnx'),
-            calibrate_method=calibration,
-            extra_options=dict(
-                num_bins=ENTROPY_BINS if method == 'Entropy' else PERCENTILE_BINS,
-                num_quantized_bins=128,
-                percentile=percentile,
-            ),
-        )
-        session = onnx_session(prepared)
-        calibrator.collect_data(_Reader(feeds, [i.name for i in session.get_inputs()]))
-        cache = osp.join(work, 'ranges.json')
-        save_tensors_data(calibrator.compute_data(), cache)
-        del calibrator
-
-        def write(tmp: str) -> None:
-            quantize_static(
-                prepared,
-                tmp,
-                None,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=op_types,
-                nodes_to_quantize=network or None,
-                per_channel=per_channel,
-                activation_type=getattr(QuantType, activation_type),
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
-                calibrate_method=calibration,
-                calibration_cache_path=cache,
-            )
-
-        write_atomically(out_path, write, '.onnx')
-    return excluded
-
-
-@torch.no_grad()
-def onnx_predictions(
-    session: Any, meta: Dict[str, Any], model: nn.Module, inputs: torch.Tensor, samples: list
-) -> list:
-    """``samples`` with the ONNX model's predictions in the fields mm* evaluators read
-    (``pred_instances`` / ``pred_sem_seg`` / ``pred_score`` + ``pred_label``), like
-    ``model.predict`` (``model``: its data preprocessor and heads' post-processing only)."""
-    task, layout = meta['task'], meta['layout']
-    outputs = run_session(session, feeds_of([(inputs, samples)], task)[0])
-    if task == 'detection':
-        if layout == 'raw':
-            n = len(outputs) // 2
-            return ssd_postprocess(outputs[:n], outputs[n:], model, samples)
-        boxes, scores, labels, counts = (torch.from_numpy(o) for o in outputs)
-        for i, sample in enumerate(samples):
-            k = int(counts[i])
-            sample.pred_instances = InstanceData(
-                bboxes=boxes[i, :k], scores=scores[i, :k], labels=labels[i, :k]
-            )
-        return samples
-    if task == 'segmentation':
-        if layout == 'raw':  # mmseg's own post-processing: resize to the image, argmax
-            return model.postprocess_result(torch.from_numpy(outputs[0]), samples)
-        for labels, sample in zip(torch.from_numpy(outputs[0]), samples):
-            size = sample.metainfo['ori_shape']
-            resized = F.interpolate(labels[None, None].float(), size=size, mode='nearest')
-            sample.pred_sem_seg = PixelData(data=resized[0].long())
-        return samples
-    if layout == 'raw':
-        probs = torch.from_numpy(outputs[0]).softmax(1)
-    else:  # top-k: the other classes' scores are unknown, 0 keeps the ranking
-        probs = torch.zeros(
-            len(samples), max(len(meta.get('classes') or []), int(outputs[1].max()) + 1)
-        )
-        probs.scatter_(1, torch.from_numpy(outputs[1]), torch.from_numpy(outputs[0]))
-    for prob, sample in zip(probs, samples):
-        sample.set_pred_score(prob).set_pred_label(prob.argmax(keepdim=True))
-    return samples
-
-
-def evaluate_onnx(
-    path: str,
-    model: nn.Module,
-    cfg: Any,
-    split: str = 'val',
-    max_images: int = 0,
-    num_threads: Optional[int] = None,
-) -> Dict[str, float]:
-    """The config's ``val_evaluator`` metrics of the ONNX model on ``split`` (all images, or
-    ``max_images`` spread over it)."""
-    session = onnx_session(path, num_threads, spin=False)
-    meta = read_metadata(path)
-    dataset = split_dataset(cfg, split)
-    evaluator = Evaluator(cfg.val_evaluator)
-    evaluator.dataset_meta = dataset.metainfo
-    indices = spread_indices(len(dataset), max_images)
-    for inputs, samples in preprocessed_batches(model, dataset, indices):
-        evaluator.process(onnx_predictions(session, meta, model, inputs, samples))
-    return evaluator.evaluate(len(indices))
-
-
-def interleaved_latency(
-    paths: Sequence[str],
-    feed: Dict[str, np.ndarray],
-    repeats: int = 30,
-    warmup: int = 3,
-    num_threads: Optional[int] = None,
-) -> List[float]:
-    """Median milliseconds of one ``session.run`` per model on ``feed`` (batch 1), the models
-    timed in turns (round-robin) so that load changes on the machine hit them alike."""
-    sessions = [onnx_session(path, num_threads, spin=False) for path in paths]
-    for _ in range(warmup):
-        for session in sessions:
-            run_session(session, feed)
-    times: List[List[float]] = [[] for _ in sessions]
-    for _ in range(repeats):
-        for session, record in zip(sessions, times):
-            start = time.perf_counter()
-            run_session(session, feed)
-            record.append((time.perf_counter() - start) * 1000)
-    return [statistics.median(record) for record in times]
-
-
-def compare_float_int8(
-    float_path: str,
-    int8_path: str,
-    model: nn.Module,
-    cfg: Any,
-    split: str = 'val',
-    max_images: int = 0,
-    repeats: int = 30,
-    num_threads: Optional[int] = None,
-) -> List[Dict[str, Any]]:
-    """One row per model (float, INT8): accuracy metrics on ``split``, file size (MB) and
-    batch-1 latency (ms, median, interleaved)."""
-    task = read_metadata(float_path)['task']
-    rows = []
-    for name, path in (('float32', float_path), ('int8', int8_path)):
-        metrics = evaluate_onnx(path, model, cfg, split, max_images, num_threads)
-        row = dict(model=name, path=path, size_mb=osp.getsize(path) / 2**20)
-        for key, label, scale in TASK_METRICS[task]:
-            row[label] = float(metrics.get(key, 0.0)) * scale
-        rows.append(row)
-    dataset = split_dataset(cfg, split)
-    feed = feeds_of(preprocessed_batches(model, dataset, [0]), task)[0]
-    for row, ms in zip(
-        rows, interleaved_latency([float_path, int8_path], feed, repeats, num_threads=num_threads)
-    ):
-        row['latency_ms'] = ms
-    return rows
+    out_dir = osp.dirname(osp.abspath(out_path))
+    with Calibration(
+        float_path, feeds, out_dir, method, per_channel, percentile, activation_type
+    ) as calibration:
+        boundary = boundary_convs(calibration.prepared) if exclude_first_last else []
+        return calibration.write(out_path, list(exclude) + boundary)

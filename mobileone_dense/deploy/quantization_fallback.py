@@ -1,0 +1,74 @@
+"""INT8 ONNX models that keep their accuracy: the layers whose quantization costs the most stay
+float, chosen by measuring on a selection set (``fallback.select_float_layers``).
+
+The candidates are groups of our exports' node names (prefixes ending in ``/``, as ``--exclude``
+takes them): first the modules under ``/model/`` (backbone, neck, head), then, inside those that
+must stay float, their sub-modules (the backbone's stem and stages, the head's convs), then
+theirs (the re-parameterized blocks of a stage). The metric is the task's (see
+:data:`BUDGET_METRIC`): what the quantized model would lose on the selection set.
+"""
+
+import os.path as osp
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .fallback import FallbackResult, select_float_layers
+from .onnx_export import onnx_session
+from .quantization import NETWORK_OPS, NETWORK_SCOPE, Calibration
+
+# The metric the budget (--max-drop) counts in, per task: detection and segmentation the
+# evaluator's (points), classification the top-1 agreement with the float model (points of
+# %, a bound on the top-1 drop that does not need many labelled images to be fine-grained).
+BUDGET_METRIC = dict(
+    detection='mAP@0.5', segmentation='mIoU', classification='top-1 agreement with float'
+)
+
+
+def candidate_groups(path: str, depth: int = 3) -> Tuple[List[str], Dict[str, List[str]]]:
+    """The candidate groups of the graph at ``path``: the top-level modules under ``/model/``
+    that hold a node which may be quantized (in graph order), and each group's sub-modules one
+    level further, down to ``depth`` levels (a group with a single sub-module is not split).
+    Every node that may be quantized is under a group (a node directly under ``/model/`` is its
+    own), pooling too: an INT8 pooled feature can break a model as an INT8 conv can."""
+    import onnx
+
+    roots: List[str] = []
+    children: Dict[str, List[str]] = {}
+    for node in onnx.load(path, load_external_data=False).graph.node:
+        if node.op_type not in NETWORK_OPS or not node.name.startswith(NETWORK_SCOPE):
+            continue
+        modules = node.name[len(NETWORK_SCOPE) :].split('/')[:-1]  # the last part: the op
+        prefixes = [
+            NETWORK_SCOPE + '/'.join(modules[:level]) + '/'
+            for level in range(1, min(depth, len(modules)) + 1)
+        ] or [node.name]
+        if prefixes[0] not in roots:
+            roots.append(prefixes[0])
+        for parent, child in zip(prefixes, prefixes[1:]):
+            siblings = children.setdefault(parent, [])
+            if child not in siblings:
+                siblings.append(child)
+    return roots, {group: subs for group, subs in children.items() if len(subs) > 1}
+
+
+def search_float_layers(
+    calibration: Calibration,
+    metric_of: Callable[[object], float],
+    float_metric: float,
+    max_drop: float = 1.0,
+    exclude: Sequence[str] = (),
+    num_threads: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> FallbackResult:
+    """The node-name prefixes to keep float so that the INT8 model's ``metric_of(session)`` on
+    the selection set stays within ``max_drop`` of ``float_metric`` (the float model's on the
+    same set); ``exclude`` stays float in every candidate model."""
+    coarse, finer = candidate_groups(calibration.prepared)
+    candidate = osp.join(calibration.work, 'candidate.onnx')
+
+    def evaluate(float_layers) -> float:
+        calibration.write(candidate, list(exclude) + sorted(float_layers))
+        return metric_of(onnx_session(candidate, num_threads, spin=False))
+
+    return select_float_layers(
+        coarse, evaluate, float_metric, max_drop, children=lambda g: finer.get(g, []), log=log
+    )
