@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # a checkout
 import mobileone_dense  # noqa: F401
 from mobileone_dense.apis.inference import init_model
+from mobileone_dense.datasets.wrappers import innermost_dataset
 from mobileone_dense.deploy.onnx_data import (
     pipeline_at_scale,
     preprocessed_batches,
@@ -58,7 +59,6 @@ from mobileone_dense.deploy.onnx_export import (
     require_onnx,
 )
 from mobileone_dense.deploy.onnx_metadata import preprocessing_info
-from mobileone_dense.datasets.wrappers import innermost_dataset
 from mobileone_dense.engine.deploy_checkpoints import write_atomically
 from mobileone_dense.errors import InputError, OnnxParityError
 from mobileone_dense.models.tasks import DEFAULT_INPUT_SIZE
