@@ -280,3 +280,32 @@ def test_numpy_postprocess_imports_numpy_only():
         imports = [line.split()[1] for line in f if line.startswith(('import ', 'from '))]
     assert set(imports) == {'typing', 'numpy'}
     assert np  # numpy is what the module needs
+
+
+def test_benchmark_times_every_runtime_for_ours_and_the_baseline(monkeypatch):
+    """``tools/benchmark.py --runtimes``: four runtime rows per model, interleaved with PyTorch's,
+    ratios against the baseline in the same runtime (tiny stand-in models: the path, not speed)."""
+    from mobileone_dense.analysis import benchmark as bm
+    from mobileone_dense.analysis.runtimes import RUNTIME_FORMS
+
+    def tiny(*args, **kwargs):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()
+        ).eval()
+
+    for builder in ('build_mobilenet_v2', 'build_ours'):
+        monkeypatch.setattr(bm, builder, tiny)
+    settings = bm.BenchmarkSettings(input_size=32, threads=1, warmup=1, repeats=2, runtimes=True)
+    rows = bm.benchmark_task('det', settings, None, log=lambda line: None)
+    bm.add_ratios(rows)
+    forms = [(r.role, r.form) for r in rows]
+    for role, pytorch in (('baseline', 'BN folded'), ('ours', 'deploy')):
+        assert [f for r, f in forms if r == role][-5:] == [pytorch, *RUNTIME_FORMS]
+    assert all(len(r.times_ms) == 2 and r.median_ms > 0 for r in rows)
+    ours = {r.form: r for r in rows if r.role == 'ours'}
+    base = {r.form: r for r in rows if r.role == 'baseline'}
+    for form in RUNTIME_FORMS:
+        assert ours[form].vs_mobilenetv2 == pytest.approx(
+            ours[form].median_ms / base[form].median_ms
+        )
+    assert settings.notes == [] or all('CPU peak' in note for note in settings.notes)
