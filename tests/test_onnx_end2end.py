@@ -26,10 +26,10 @@ from mmengine.config import Config
 from test_onnx_export import DET_CFG, image_like, make_checkpoint
 
 from mobileone_dense.apis.inference import init_model, read_image
+from mobileone_dense.apis.visualization import predict
 from mobileone_dense.deploy.onnx_end2end import end2end_graph, export_end2end
 from mobileone_dense.deploy.onnx_end2end_check import check_end2end, match_detections
 from mobileone_dense.deploy.onnx_metadata import read_metadata
-from mobileone_dense.apis.visualization import predict
 from mobileone_dense.errors import OnnxParityError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

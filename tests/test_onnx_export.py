@@ -21,8 +21,8 @@ from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mobileone_dense.apis import build_model_from_config
-from mobileone_dense.deploy import check_onnx_parity, export_onnx, onnx_export, ssd_postprocess
 from mobileone_dense.apis.inference import init_model
+from mobileone_dense.deploy import check_onnx_parity, export_onnx, onnx_export, ssd_postprocess
 from mobileone_dense.engine.deploy_checkpoints import atomic_dump_config, deploy_checkpoint
 from mobileone_dense.engine.deploy_files import deploy_config
 from mobileone_dense.models.blocks import MobileOneBlock

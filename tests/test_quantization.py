@@ -13,8 +13,8 @@ import os.path as osp
 
 import pytest
 
-from mobileone_dense.deploy import quantization
 from mobileone_dense.apis.inference import init_model
+from mobileone_dense.deploy import quantization
 from mobileone_dense.deploy.onnx_end2end import export_end2end
 from mobileone_dense.deploy.onnx_export import export_onnx
 from mobileone_dense.deploy.onnx_metadata import read_metadata
