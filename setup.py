@@ -87,6 +87,11 @@ setup(
         'pycocotools',
         'opencv-python',
     ],
-    extras_require={'deploy': ['onnx', 'onnxruntime', 'onnxscript'], 'tests': ['pytest', 'timm']},
+    extras_require={
+        'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
+        # ExecuTorch export (requirements-mobile.txt)
+        'mobile': ['executorch==1.5.1'],
+        'tests': ['pytest', 'timm'],
+    },
     zip_safe=False,
 )

@@ -10,7 +10,7 @@ from mobileone_dense.errors import OnnxParityError
 
 
 class _FixedDetector:
-    """Stands in for a detector in ``_check_detections``: ``predict`` returns fixed detections."""
+    """Stands in for a detector in ``check_detections``: ``predict`` returns fixed detections."""
 
     def __init__(self, boxes, scores, labels, **test_cfg):
         from mmdet.structures import DetDataSample
@@ -54,12 +54,12 @@ def _graph_outputs(boxes, scores, labels):
 def test_detection_check_accepts_near_tied_boxes_kept_the_other_way_round():
     """Regression: the parity check refused a correct export where two overlapping boxes of one
     label with scores 3e-6 apart came out the other way round (issue 23)."""
-    from mobileone_dense.deploy.onnx_end2end_check import _check_detections
+    from mobileone_dense.deploy.onnx_end2end_check import check_detections
 
     model = _FixedDetector(**_TIE)
     report = dict(images=0, detections=0, at_cut=0, tied=0, max_box_diff=0.0, max_score_diff=0.0)
     swapped = _graph_outputs([[12.0, 11.0, 52.0, 51.0], _TIE['boxes'][1]], [0.117770, 0.5], [3, 1])
-    _check_detections(model, torch.zeros(1, 3, 8, 8), [None], swapped, report, 1e-3, 1e-5)
+    check_detections(model, torch.zeros(1, 3, 8, 8), [None], swapped, report, 1e-3, 1e-5)
     assert report['tied'] == 2 and report['at_cut'] == 0 and report['detections'] == 2
 
     # real differences still fail: a score gap beyond the tolerance, a box that does not
@@ -71,7 +71,7 @@ def test_detection_check_accepts_near_tied_boxes_kept_the_other_way_round():
         ([_TIE['boxes'][1]], [0.5], [1]),
     ]:
         with pytest.raises(OnnxParityError, match='on one side only'):
-            _check_detections(
+            check_detections(
                 model,
                 torch.zeros(1, 3, 8, 8),
                 [None],

@@ -2,6 +2,7 @@
 
     python tools/benchmark.py --task all --arch s0 [s1 ...] [--threads 2] [--out-dir DIR]
     python tools/benchmark.py --task cls --arch s0 s1 s2 s3 s4 --compare-settings --onnx
+    python tools/benchmark.py --task all --arch s0 --runtimes   # + onnxruntime / ExecuTorch
     python tools/benchmark.py --device cuda      # GPU: images/s, inference and training
 
 Latency mode (the default on the CPU):
@@ -148,6 +149,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help='also time our deploy models exported to ONNX in onnxruntime',
     )
     parser.add_argument(
+        '--runtimes',
+        action='store_true',
+        help='also time our deploy models and the MobileNetV2 baselines in onnxruntime and '
+        'ExecuTorch (XNNPACK), float32 and INT8, with the same threads (replaces --onnx rows)',
+    )
+    parser.add_argument(
         '--compare-settings',
         action='store_true',
         help='also time the deploy S0 classifier with/without channels_last at '
@@ -244,6 +251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         device=args.device,
         channels_last=args.channels_last,
         onnx=args.onnx,
+        runtimes=args.runtimes,
         matmul_size=args.matmul_size,
         compare_settings=args.compare_settings,
         interleave=not args.sequential,

@@ -6,6 +6,7 @@
 # - mmcv 2.1.0 built from its sdist with CPU ops (tools/build_mmcv.sh; the slow step, README
 #   "Quick start" has its measured time), the wheel cached under
 #   ~/.cache/mobileone_dense/wheels/<torch>-<python>/ so that later setups skip it;
+# - the `mobile` extra (requirements-mobile.txt: ExecuTorch, for the .pte export and its tests);
 # - this package installed editable;
 # - setuptools pinned last (some installs upgrade it behind our back).
 # A stamp file records the hash of the inputs: a second run with nothing changed returns at once.
@@ -21,7 +22,8 @@ CACHE_ROOT="${MOBILEONE_DENSE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mobileone_d
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 stamp_inputs() {
-  cat "$ROOT/requirements.txt" "$ROOT/requirements-build.txt" "$ROOT/tools/setup_env.sh" \
+  cat "$ROOT/requirements.txt" "$ROOT/requirements-mobile.txt" "$ROOT/requirements-build.txt" \
+      "$ROOT/tools/setup_env.sh" \
       "$ROOT/tools/build_mmcv.sh" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
 }
 STAMP="$VENV/.mobileone_dense_env"
@@ -58,8 +60,10 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'
   pipq install -q "mmengine==0.10.7" addict packaging Pillow pyyaml yapf opencv-python
 fi
 
-log "installing the OpenMMLab stack and test tools"
-pipq install -q -r "$ROOT/requirements.txt" "mmcv==$MMCV_VERSION" -r "$ROOT/requirements-build.txt"
+log "installing the OpenMMLab stack, test tools and the mobile extra (ExecuTorch)"
+# one resolution with requirements.txt: executorch's dependencies cannot move the pinned torch
+pipq install -q -r "$ROOT/requirements.txt" -r "$ROOT/requirements-mobile.txt" \
+  "mmcv==$MMCV_VERSION" -r "$ROOT/requirements-build.txt"
 log "installing mobileone_dense (editable)"
 pipq install -q --no-deps --no-build-isolation -e "$ROOT"
 # mmengine finds ``mobileone_dense::`` configs under <distribution location>/mobileone_dense/.mim;

@@ -21,23 +21,19 @@ This module runs the measurements; the models come from :mod:`.baselines`, the t
 
 import copy
 import gc
-import os.path as osp
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..deploy.onnx_export import export_onnx, onnx_session, require_onnx
 from ..models.reparameterize import reparameterize
 from .baselines import (
     ARCHS,
     BASELINE_NAMES,
     DEFAULT_INPUT_SIZE,
     OUR_NAMES,
-    TensorMode,
     build_mmpretrain_mobileone,
     build_mobilenet_v2,
     build_ours,
@@ -46,6 +42,7 @@ from .baselines import (
 from .complexity import params_and_macs
 from .memory import activation_peak_bytes, module_bytes
 from .report import BenchmarkRow, add_ratios, machine_info
+from .runtimes import onnx_runner, runtime_runners
 from .timing import matmul_peak_gflops, sync_for, time_callable, time_interleaved
 
 NOTES = {
@@ -68,7 +65,8 @@ NOTES = {
     'MB here means MiB (2**20 bytes)',
     'ratios': 'vs_mobilenetv2: median / median of the same task\'s MobileNetV2 "BN folded" '
     'row; deploy_vs_train_time: median of a deploy (BN folded) row / median of the '
-    "same model's train-time (as built) row",
+    "same model's train-time (as built) row; a row of another runtime (--runtimes) is "
+    "compared with the baseline's row in the same runtime",
     'segmentation baseline': "mmseg's DeepLabV3-MobileNetV2 keeps its own 512-channel ASPP "
     '(ours: 256 channels, as MobileViT/the paper); classes set to 21, '
     'auxiliary head removed, no pretrained weights',
@@ -77,6 +75,11 @@ NOTES = {
     'segmentation it also upsamples the logits to the input size) and run by an '
     'onnxruntime CPU session with intra_op_num_threads = threads; MACs and params are '
     "the deploy PyTorch model's; vs_mobilenetv2 compares with the eager PyTorch baseline",
+    'runtimes': 'with --runtimes, our deploy model and the BN-folded baseline, each exactly as '
+    'PyTorch times it (outputs flattened), also in onnxruntime float32 and INT8 (QDQ, '
+    'per-channel weights) and ExecuTorch XNNPACK float32 and INT8 (PT2E); INT8 calibrated on '
+    'random inputs (speed only); every runtime with the same thread count, timed round-robin '
+    'with the PyTorch rows (mobileone_dense/analysis/runtimes.py)',
     'top1': "the plot's y axis is the ImageNet top-1 reported in the paper (Table 9), not "
     'measured here',
 }
@@ -100,6 +103,7 @@ class BenchmarkSettings:
     device: str = 'cpu'
     channels_last: bool = False
     onnx: bool = False
+    runtimes: bool = False  # onnxruntime / ExecuTorch, float32 / INT8, ours and the baseline
     matmul_size: int = 2048
     compare_settings: bool = False
     interleave: bool = True  # time a task's models round-robin (False: one after the other)
@@ -144,36 +148,6 @@ def profile_module(module: nn.Module, inputs: torch.Tensor, device: str) -> dict
             activation_peak_mb=activation / 2**20, peak_mem_mb=weights_mb + activation / 2**20
         )
     return stats
-
-
-def onnx_runner(
-    module: nn.Module, inputs: torch.Tensor, settings: BenchmarkSettings, label: str
-) -> Optional[Callable[[], object]]:
-    """``session.run`` of ``module`` exported by ``mobileone_dense.deploy.onnx_export.export_onnx``
-    in an onnxruntime CPU session (``intra_op_num_threads = threads``), fed a numpy copy of
-    ``inputs`` made beforehand; None (and a note) if onnx/onnxruntime/the exporter is missing."""
-    try:
-        require_onnx()
-    except ImportError as error:
-        settings.notes.append(f'--onnx skipped for {label}: {error}')
-        return None
-    model = module.model if isinstance(module, TensorMode) else module
-    with tempfile.TemporaryDirectory() as tmp:
-        path = osp.join(tmp, 'model.onnx')
-        try:
-            export_onnx(
-                copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format),
-                path,
-                tuple(inputs.shape),
-            )
-        except TypeError as error:  # e.g. a bare backbone: export_onnx takes whole models
-            settings.notes.append(f'--onnx skipped for {label}: {error}')
-            return None
-        # no busy-wait between models; the session holds the file's contents, so the file
-        # may be deleted afterwards
-        session = onnx_session(path, settings.threads, spin=False)
-    feed = {session.get_inputs()[0].name: inputs.contiguous().cpu().numpy()}
-    return lambda: session.run(None, feed)
 
 
 def _row(
@@ -234,18 +208,30 @@ def benchmark_task(
         )
         return module, stats
 
+    def add_runtimes(module: nn.Module, stats: dict, names: dict) -> None:
+        if not settings.runtimes or task == 'backbone':
+            return
+        label = f'{names["model"]} {names["variant"]} {task}'
+        for form, run in runtime_runners(module, inputs, settings, label):
+            counts = {k: stats[k] for k in ('params_m', 'macs_g')}
+            entries.append((dict(names, task=task, form=form), run, counts))
+            log(f'  built {names["model"]} {names["variant"]} {form}')
+
     baseline = build_mobilenet_v2(task)
     folded = reparameterize(copy.deepcopy(baseline))
     names = dict(model=BASELINE_NAMES[task], variant='x1.0', role='baseline')
     add(baseline, form='as built', **names)
-    add(folded, form='BN folded', **names)
+    folded, stats = add(folded, form='BN folded', **names)
+    add_runtimes(folded, stats, names)
     for arch in settings.archs:
         ours = build_ours(task, arch)
         deploy = reparameterize(copy.deepcopy(ours))
         names = dict(model=OUR_NAMES[task], variant=arch, role='ours')
         add(ours, form='train-time', **names)
         deploy, stats = add(deploy, form='deploy', **names)
-        if settings.onnx and task != 'backbone':  # export_onnx takes whole models only
+        add_runtimes(deploy, stats, names)
+        # export_onnx takes whole models only; --runtimes has its own onnxruntime rows
+        if settings.onnx and not settings.runtimes and task != 'backbone':
             run = onnx_runner(deploy, inputs, settings, f'{names["model"]} {arch} {task}')
             if run is not None:
                 onnx_stats = {k: stats[k] for k in ('params_m', 'macs_g')}

@@ -50,13 +50,21 @@ def add_ratios(rows: Sequence[BenchmarkRow]) -> None:
     baselines = {
         (r.task, r.input_shape): r for r in rows if r.role == 'baseline' and r.form == 'BN folded'
     }
+    # the baseline in another runtime (benchmark --runtimes): compared runtime with runtime
+    same_runtime = {
+        (r.task, r.input_shape, r.form): r
+        for r in rows
+        if r.role == 'baseline' and r.form not in ('as built', 'BN folded')
+    }
     train_time = {
         (r.model, r.variant, r.task, r.input_shape): r
         for r in rows
         if r.form in ('train-time', 'as built')
     }
     for row in rows:
-        base = baselines.get((row.task, row.input_shape))
+        base = same_runtime.get((row.task, row.input_shape, row.form)) or baselines.get(
+            (row.task, row.input_shape)
+        )
         if base is not None:
             row.vs_mobilenetv2 = row.median_ms / base.median_ms
         if row.form in ('deploy', 'BN folded'):

@@ -33,7 +33,7 @@ import torch.nn as nn
 from torchvision.ops import nms as torchvision_nms
 
 from ..models.tasks import DEFAULT_INPUT_SIZE
-from .onnx_export import DEFAULT_OPSET, _OnnxGraph, export_module, exportable_task, require_onnx
+from .onnx_export import DEFAULT_OPSET, RawOutputs, export_module, exportable_task, require_onnx
 from .onnx_metadata import export_metadata
 
 END2END_OUTPUTS = dict(
@@ -238,7 +238,7 @@ class SegmentationEnd2End(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.logits = _OnnxGraph(model, 'segmentation')
+        self.logits = RawOutputs(model, 'segmentation')
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         return (self.logits(x)[0].argmax(1),)

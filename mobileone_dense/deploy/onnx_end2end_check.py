@@ -133,7 +133,7 @@ def check_end2end(
             )
         outputs = session.run(None, feed)
         if task == 'detection':
-            _check_detections(model, inputs, samples, outputs, report, box_tol, score_tol)
+            check_detections(model, inputs, samples, outputs, report, box_tol, score_tol)
         elif task == 'segmentation':
             logits = reference_logits(model, inputs)
             ok = _tied(logits, logits.argmax(1), outputs[0], tie_tol)
@@ -165,7 +165,7 @@ def reference_logits(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
     return model.encode_decode(inputs, metas).cpu().numpy()
 
 
-def _check_detections(
+def check_detections(
     model: nn.Module,
     inputs: torch.Tensor,
     samples: list,
@@ -174,6 +174,10 @@ def _check_detections(
     box_tol: float,
     score_tol: float,
 ) -> None:
+    """Match the detections in ``outputs`` (``boxes`` (N, K, 4), ``scores`` (N, K), ``labels``
+    (N, K), ``num_dets`` (N,): the end-to-end layout, see :func:`padded_detections`) with
+    ``model.predict`` on ``inputs``; add the counts to ``report``; raise ``OnnxParityError``
+    for a detection on one side only that rounding cannot explain."""
     expected = model.predict(inputs, copy.deepcopy(samples), rescale=True)
     head_cfg = model.bbox_head.test_cfg
     boxes, scores, labels, counts = outputs
@@ -205,7 +209,8 @@ def _check_detections(
             where = sample.metainfo.get('img_path', f'image {report["images"] + i}')
             raise OnnxParityError(
                 f'{where} at input {tuple(inputs.shape[2:])}: PyTorch predict has '
-                f'{len(want["scores"])} detections, the ONNX graph {n}, {len(pairs)} of them equal '
+                f'{len(want["scores"])} detections, the exported model {n}, {len(pairs)} of them '
+                f'equal '
                 f'(label, box within {box_tol:g} px, score within {score_tol:g}); the detections '
                 f'with scores {np.sort(unexplained)[::-1][:5].round(6).tolist()} are on one side '
                 f'only, neither at the score cut {cut:.6f} nor tied with an overlapping box of '
@@ -219,3 +224,22 @@ def _check_detections(
             report['max_score_diff'] = max(
                 report['max_score_diff'], float(abs(want['scores'][a] - have['scores'][b]))
             )
+
+
+def padded_detections(results: Sequence[Dict[str, np.ndarray]]) -> list:
+    """Per-image detections (dicts of ``boxes``, ``scores``, ``labels``) in the end-to-end
+    layout :func:`check_detections` reads: ``[boxes (N, K, 4), scores (N, K), labels (N, K),
+    num_dets (N,)]``, K the largest count, padded with zeros (labels -1)."""
+    k = max([len(r['scores']) for r in results] + [1])
+    boxes = np.zeros((len(results), k, 4), np.float32)
+    scores = np.zeros((len(results), k), np.float32)
+    labels = np.full((len(results), k), -1, np.int64)
+    for i, result in enumerate(results):
+        n = len(result['scores'])
+        boxes[i, :n], scores[i, :n], labels[i, :n] = (
+            result['boxes'],
+            result['scores'],
+            result['labels'],
+        )
+    counts = np.array([len(r['scores']) for r in results], np.int64)
+    return [boxes, scores, labels, counts]

@@ -77,8 +77,9 @@ def exportable_task(model: nn.Module) -> str:
     return task
 
 
-class _OnnxGraph(nn.Module):
-    """What the ONNX file computes: the model's tensor outputs as a flat tuple (see module doc)."""
+class RawOutputs(nn.Module):
+    """The raw network outputs as a flat tuple (see the module doc): what the ONNX export and
+    the ExecuTorch export (``executorch_export``) trace."""
 
     def __init__(self, model: nn.Module, task: str) -> None:
         super().__init__()
@@ -121,7 +122,7 @@ def reference_outputs(model: nn.Module, inputs: torch.Tensor) -> List[torch.Tens
         shape = tuple(inputs.shape[2:])
         metas = [dict(img_shape=shape, pad_shape=shape, ori_shape=shape)] * inputs.shape[0]
         return [model.encode_decode(inputs, metas)]
-    return list(_OnnxGraph(model, task).eval()(inputs))
+    return list(RawOutputs(model, task).eval()(inputs))
 
 
 def export_onnx(
@@ -170,7 +171,7 @@ def export_onnx(
     # switch a module that is still in training mode (a fresh wrapper is) to eval, which would
     # export BN layers in training mode.
     export_module(
-        _OnnxGraph(model, task).eval(),
+        RawOutputs(model, task).eval(),
         (dummy,),
         path,
         ['input'],

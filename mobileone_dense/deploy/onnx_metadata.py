@@ -166,3 +166,43 @@ def output_descriptions(names: Sequence[str], task: str) -> Dict[str, str]:
         }
     )
     return described
+
+
+def detection_decoding(model: nn.Module) -> Dict[str, Any]:
+    """What :func:`~mobileone_dense.deploy.numpy_postprocess.ssd_detections` needs to turn an
+    SSD head's raw outputs into detections without the config (JSON-able).
+
+    ``num_classes``, ``use_sigmoid``; the prior generator's ``base_anchors`` (per level
+    ``(A, 4)``, input pixels) and ``strides`` (per level ``(w, h)``); the
+    ``DeltaXYWHBBoxCoder``'s ``means``, ``stds``, ``clip_border``, ``add_ctr_clamp``,
+    ``ctr_clamp``; the head's ``test_cfg``: ``nms_pre``, ``score_thr``, ``min_bbox_size``,
+    ``iou_threshold``, ``class_agnostic``, ``max_per_img``. Raises ``TypeError`` for heads
+    whose priors or coder are of another kind.
+    """
+    head = model.bbox_head
+    prior_generator, coder = head.prior_generator, head.bbox_coder
+    if not hasattr(prior_generator, 'base_anchors'):
+        raise TypeError(f'{type(prior_generator).__name__} has no base anchors to record')
+    if type(coder).__name__ != 'DeltaXYWHBBoxCoder':
+        raise TypeError(f'numpy decoding covers DeltaXYWHBBoxCoder, not {type(coder).__name__}')
+    cfg = head.test_cfg
+    nms_cfg = dict(cfg.get('nms') or {})
+    if nms_cfg.get('type', 'nms') != 'nms':
+        raise TypeError(f"numpy decoding implements test_cfg.nms type 'nms', not {nms_cfg}")
+    return dict(
+        num_classes=int(head.num_classes),
+        use_sigmoid=bool(head.use_sigmoid_cls),
+        base_anchors=[a.tolist() for a in prior_generator.base_anchors],
+        strides=[[float(v) for v in s] for s in prior_generator.strides],
+        means=[float(v) for v in coder.means],
+        stds=[float(v) for v in coder.stds],
+        clip_border=bool(coder.clip_border),
+        add_ctr_clamp=bool(coder.add_ctr_clamp),
+        ctr_clamp=float(coder.ctr_clamp),
+        nms_pre=int(cfg.get('nms_pre', -1)),
+        score_thr=float(cfg.get('score_thr', 0.0)),
+        min_bbox_size=float(cfg.get('min_bbox_size', -1)),
+        iou_threshold=float(nms_cfg.get('iou_threshold', 0.5)),
+        class_agnostic=bool(nms_cfg.get('class_agnostic', False)),
+        max_per_img=int(cfg.get('max_per_img', 100)),
+    )

@@ -1,0 +1,212 @@
+"""Export the deploy model of a config + checkpoint to an ExecuTorch program (XNNPACK), checked.
+
+    python tools/deploy/export_executorch.py CONFIG CHECKPOINT [--out model.pte]
+        [--input-size H W] [--check-split test] [--check-images 4] [--tolerance 1e-4]
+        [--int8 [--calib-images 32] [--eval-images 0] [--max-drop 1.0] [--exclude MODULE ...]]
+        [--threads N]
+
+CHECKPOINT is a training checkpoint of CONFIG (re-parameterized after loading) or a deploy
+checkpoint with its deploy config. The program (mobileone_dense/deploy/executorch_export.py)
+takes one fixed input, float32 (1, 3, H, W): the image through the config's test transforms
+(resized to H x W) and the model's data preprocessor; it returns the raw outputs of the ONNX
+export: classification logits, segmentation logits at the input size, detection the SSD head's
+cls_score_<i> and bbox_pred_<i> per level (decoding and NMS run outside the program: ExecuTorch
+has no NMS kernel). A JSON file beside the .pte (model.pte -> model.json) records the input
+size, the preprocessing, the outputs, the classes, for detection the anchors, box coder and
+NMS settings that mobileone_dense/deploy/numpy_postprocess.py needs, and what was checked.
+
+Before anything is written, the program runs in executorch.runtime on --check-images images of
+the --check-split split: float32 outputs must be within --tolerance (relative) of PyTorch's;
+detection outputs, post-processed by mmdet's own code (ssd_postprocess) and by the numpy
+decoding + NMS, must give model.predict's detections (the tie rule of docs/deployment.md).
+
+--int8: PT2E quantization with XNNPACK's quantizer (per-channel INT8 weights, INT8 activations
+calibrated on --calib-images images of the training split through the test pipeline); the float
+and the INT8 program are evaluated on the val split (--eval-images, 0: all) with the config's
+evaluator, and the INT8 file is written only if its metric (mAP, mIoU, top-1) is at most
+--max-drop points below the float program's. --exclude keeps modules float (names of the
+model's modules, e.g. backbone.stem backbone.stages.0).
+"""
+
+import argparse
+import os.path as osp
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # a checkout
+import mobileone_dense  # noqa: F401
+from mobileone_dense.apis.inference import init_model
+from mobileone_dense.datasets.wrappers import innermost_dataset
+from mobileone_dense.deploy.executorch_check import (
+    check_detector,
+    default_input_size,
+    evaluate_program,
+    fixed_size_batches,
+    fixed_size_pipeline,
+    task_metric,
+)
+from mobileone_dense.deploy.executorch_export import (
+    PteRunner,
+    check_module_names,
+    check_pte,
+    export_program,
+    pte_metadata,
+    require_executorch,
+    write_pte,
+)
+from mobileone_dense.deploy.onnx_export import exportable_task
+from mobileone_dense.deploy.onnx_metadata import detection_decoding, test_transforms
+from mobileone_dense.errors import InputError, MissingDataError, OnnxParityError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        epilog=__doc__.split('\n\n', 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('config', help='the config (training or deploy config)')
+    parser.add_argument('checkpoint', help='training checkpoint, or deploy checkpoint')
+    parser.add_argument('--out', help='.pte file (default: the checkpoint path with .pte)')
+    parser.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help="the program's input size (default: what the test pipeline gives, e.g. 320x320 "
+        'for SSDLite, 224x224 for ImageNet; else 512x512 for segmentation)',
+    )
+    parser.add_argument('--check-split', default='test', choices=('train', 'val', 'test'))
+    parser.add_argument('--check-images', type=int, default=4)
+    parser.add_argument(
+        '--tolerance', type=float, default=1e-4, help='float32: relative difference vs PyTorch'
+    )
+    parser.add_argument('--int8', action='store_true', help='PT2E INT8 (XNNPACK quantizer)')
+    parser.add_argument('--calib-images', type=int, default=32)
+    parser.add_argument('--eval-images', type=int, default=0, help='val images (0: all)')
+    parser.add_argument(
+        '--max-drop', type=float, default=1.0, help='INT8: accepted metric drop, points'
+    )
+    parser.add_argument('--exclude', nargs='+', default=[], metavar='MODULE')
+    parser.add_argument('--threads', type=int, default=None, help='XNNPACK threads')
+    args = parser.parse_args(argv)
+    for name in ('check_images', 'calib_images'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    return args
+
+
+def float_checks(model, runner, batches, task: str, tolerance: float) -> tuple:
+    """Compare the float program with PyTorch on the check batches; (report lines, JSON)."""
+    error = check_pte(model, runner, [inputs for inputs, _ in batches])
+    check = dict(images=len(batches), max_relative_difference=error, tolerance=tolerance)
+    lines = [
+        f'executorch.runtime vs PyTorch on {len(batches)} images: '
+        f'max relative difference {error:.2e}'
+    ]
+    if error > tolerance:
+        raise OnnxParityError(f'outputs differ from PyTorch by {error:.2e} > {tolerance:g}')
+    if task == 'detection':
+        reports = check_detector(model, runner, batches, detection_decoding(model))
+        for path, report in reports.items():
+            how = 'ssd_postprocess (mmdet)' if path == 'mmdet' else 'numpy decoding + NMS'
+            lines.append(
+                f'  through {how}: {report["detections"]} detections equal to model.predict '
+                f'(largest box difference {report["max_box_diff"]:.1e} px, score difference '
+                f'{report["max_score_diff"]:.1e}; {report["at_cut"]} at the score cut, '
+                f'{report["tied"]} tied, on one side only)'
+            )
+        check['detections'] = reports
+    return lines, check
+
+
+def int8_program(model, cfg, args, shape, float_program) -> tuple:
+    """Calibrate, quantize, evaluate against the float program; (program, lines, JSON)."""
+    size = shape[2:]
+    calibration = [x for x, _ in fixed_size_batches(model, cfg, 'train', args.calib_images, size)]
+    start = time.perf_counter()
+    program = export_program(model, shape, True, calibration, args.exclude)
+    seconds = time.perf_counter() - start
+    batches = fixed_size_batches(model, cfg, 'val', args.eval_images, size)
+    scores = {}
+    for name, data in (('float32', float_program), ('int8', program)):
+        metrics = evaluate_program(PteRunner(data, args.threads), model, batches, cfg, 'val')
+        scores[name] = task_metric(model, metrics)
+    metric = scores['float32'][0]
+    drop = scores['float32'][1] - scores['int8'][1]
+    lines = [
+        f'INT8 (calibrated on {len(calibration)} training images, {seconds:.0f} s): {metric} '
+        f'on {len(batches)} val images {scores["float32"][1]:.2f} (float32) -> '
+        f'{scores["int8"][1]:.2f} (INT8), float modules: {args.exclude or "none"}'
+    ]
+    if drop > args.max_drop:
+        raise OnnxParityError(
+            f'INT8 loses {drop:.2f} {metric} points > --max-drop {args.max_drop:g}; keep the '
+            'layers that break float with --exclude (see docs/deployment.md)'
+        )
+    info = dict(
+        scheme='PT2E, XNNPACKQuantizer symmetric INT8, per-channel weights, static activations',
+        calibration_images=len(calibration),
+        calibration_split='train',
+        float_modules=list(args.exclude),
+        metric=metric,
+        float32=scores['float32'][1],
+        int8=scores['int8'][1],
+        eval_images=len(batches),
+    )
+    return program, lines, info
+
+
+def export(args) -> list:
+    """Build, check and write; the report lines. Raises on any failed check."""
+    model = init_model(args.config, args.checkpoint)  # strict load + reparameterize + eval
+    cfg = model.cfg
+    task = exportable_task(model)
+    check_module_names(model, args.exclude)
+    size = tuple(args.input_size or default_input_size(cfg, task))
+    shape = (1, 3) + size
+    pipeline = fixed_size_pipeline(innermost_dataset(cfg.test_dataloader.dataset).pipeline, size)
+    batches = fixed_size_batches(model, cfg, args.check_split, args.check_images, size)
+    start = time.perf_counter()
+    program = export_program(model, shape)
+    lines = [f'exported {task} at {size[0]}x{size[1]} in {time.perf_counter() - start:.0f} s']
+    check_lines, check = float_checks(
+        model, PteRunner(program, args.threads), batches, task, args.tolerance
+    )
+    lines += check_lines
+    quantization = None
+    if args.int8:
+        program, int8_lines, quantization = int8_program(model, cfg, args, shape, program)
+        lines += int8_lines
+    transforms = test_transforms(dict(test_dataloader=dict(dataset=dict(pipeline=pipeline))))
+    meta = pte_metadata(model, shape, transforms, quantization, check)
+    write_pte(args.out, program, meta)
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out = (
+        args.out or osp.splitext(args.checkpoint)[0] + ('_int8' if args.int8 else '') + '.pte'
+    )
+    try:
+        require_executorch()
+        lines = export(args)
+    except (
+        ImportError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+        InputError,
+        MissingDataError,
+        OnnxParityError,
+    ) as error:
+        print(f'error: {error}; no .pte file written', file=sys.stderr)
+        return 1
+    print('\n'.join(lines))
+    print(f'wrote {args.out} and {osp.splitext(args.out)[0]}.json')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
