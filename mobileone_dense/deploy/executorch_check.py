@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.evaluator import Evaluator
 
 from ..datasets.wrappers import innermost_dataset
 from ..errors import InputError
@@ -23,8 +22,8 @@ from .executorch_export import PteRunner, export_program
 from .numpy_postprocess import ssd_detections
 from .onnx_data import preprocessed_batches, split_dataset, spread_indices
 from .onnx_end2end_check import check_detections, padded_detections
+from .onnx_evaluation import TASK_METRICS, evaluate_batches
 from .onnx_export import exportable_task, ssd_postprocess
-from .quantization import TASK_METRICS, onnx_predictions
 
 Batch = Tuple[torch.Tensor, list]
 
@@ -76,15 +75,28 @@ def fixed_size_pipeline(pipeline: Sequence[dict], size: Sequence[int]) -> List[d
     return steps
 
 
-def fixed_size_batches(
-    model: nn.Module, cfg: Any, split: str, count: int, size: Sequence[int]
-) -> List[Batch]:
-    """``count`` images of ``split`` (spread over it; 0: all), batch 1, at ``size`` (H, W)."""
+def fixed_size_dataset(cfg: Any, split: str, size: Sequence[int]) -> Any:
+    """The config's ``split`` with its test pipeline resized to ``size`` (H, W)."""
     pipeline = innermost_dataset(cfg.test_dataloader.dataset).pipeline
     dataset = split_dataset(cfg, split, fixed_size_pipeline(pipeline, size))
     if len(dataset) == 0:
         raise InputError(f"the config's {split} split has no images")
-    batches = preprocessed_batches(model, dataset, spread_indices(len(dataset), count))
+    return dataset
+
+
+def fixed_size_batches(
+    model: nn.Module,
+    cfg: Any,
+    split: str,
+    count: int,
+    size: Sequence[int],
+    indices: Optional[Sequence[int]] = None,
+) -> List[Batch]:
+    """``count`` images of ``split`` (spread over it; 0: all), or those at ``indices``, batch 1,
+    at ``size`` (H, W)."""
+    dataset = fixed_size_dataset(cfg, split, size)
+    chosen = spread_indices(len(dataset), count) if indices is None else list(indices)
+    batches = preprocessed_batches(model, dataset, chosen)
     for inputs, _ in batches:
         if tuple(inputs.shape[2:]) != tuple(size):
             raise InputError(
@@ -152,15 +164,10 @@ def evaluate_program(
 ) -> Dict[str, float]:
     """The config's ``val_evaluator`` metrics of the program on ``batches`` (images of
     ``split``, from :func:`fixed_size_batches`), post-processed by the libraries' own code as
-    ``quantization`` does it for ONNX files."""
-    task = exportable_task(model)
-    evaluator = Evaluator(cfg.val_evaluator)
-    evaluator.dataset_meta = split_dataset(cfg, split).metainfo
-    meta = dict(task=task, layout='raw')
+    ``quantization`` does it for ONNX files (the runner answers onnxruntime's calls)."""
+    meta = dict(task=exportable_task(model), layout='raw')
     with torch.no_grad():
-        for inputs, samples in batches:
-            evaluator.process(onnx_predictions(runner, meta, model, inputs, copy.deepcopy(samples)))
-    return evaluator.evaluate(sum(inputs.shape[0] for inputs, _ in batches))
+        return evaluate_batches(runner, meta, model, cfg, list(batches), split_dataset(cfg, split))
 
 
 def task_metric(model: nn.Module, metrics: Dict[str, float]) -> Tuple[str, float]:

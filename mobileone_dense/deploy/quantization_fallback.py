@@ -12,8 +12,9 @@ import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .fallback import FallbackResult, select_float_layers
+from .onnx_evaluation import TASK_METRICS, agreement, evaluate_batches, top1_labels
 from .onnx_export import onnx_session
-from .quantization import NETWORK_OPS, NETWORK_SCOPE, Calibration
+from .quantization import NETWORK_OPS, NETWORK_SCOPE, Calibration, feeds_of
 
 # The metric the budget (--max-drop) counts in, per task: detection and segmentation the
 # evaluator's (points), classification the top-1 agreement with the float model (points of
@@ -72,3 +73,22 @@ def search_float_layers(
     return select_float_layers(
         coarse, evaluate, float_metric, max_drop, children=lambda g: finer.get(g, []), log=log
     )
+
+
+def selection_metric(task, float_session, meta, model, cfg, batches, dataset):
+    """``metric_of(session)`` on the selection ``batches`` (preprocessed images of ``dataset``)
+    in the budget's units (:data:`BUDGET_METRIC`), and the float model's value.
+
+    ``session`` is anything that answers onnxruntime's ``run(None, feed)``: an ONNX session or
+    an ExecuTorch program (``executorch_export.PteRunner``); ``meta`` says the task and the
+    output layout (``read_metadata``)."""
+    if task == 'classification':
+        feeds = feeds_of(batches, task)
+        reference = top1_labels(float_session, meta, feeds)
+        return (lambda session: agreement(top1_labels(session, meta, feeds), reference)), 100.0
+    key, _, scale = next(m for m in TASK_METRICS[task] if m[1] == BUDGET_METRIC[task])
+
+    def metric_of(session):
+        return float(evaluate_batches(session, meta, model, cfg, batches, dataset)[key]) * scale
+
+    return metric_of, metric_of(float_session)

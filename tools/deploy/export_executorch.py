@@ -2,8 +2,9 @@
 
     python tools/deploy/export_executorch.py CONFIG CHECKPOINT [--out model.pte]
         [--input-size H W] [--check-split test] [--check-images 4] [--tolerance 1e-4]
-        [--int8 [--calib-images 32] [--eval-images 0] [--max-drop 1.0] [--exclude MODULE ...]]
-        [--threads N]
+        [--int8 [--calib-images 32] [--max-drop 1.0] [--no-fallback] [--selection-images 100]
+                [--eval-images 0] [--exclude MODULE ...]]
+        [--threads N] [--cfg-options KEY=VALUE ...]
 
 CHECKPOINT is a training checkpoint of CONFIG (re-parameterized after loading) or a deploy
 checkpoint with its deploy config. The program (mobileone_dense/deploy/executorch_export.py)
@@ -21,11 +22,16 @@ detection outputs, post-processed by mmdet's own code (ssd_postprocess) and by t
 decoding + NMS, must give model.predict's detections (the tie rule of docs/deployment.md).
 
 --int8: PT2E quantization with XNNPACK's quantizer (per-channel INT8 weights, INT8 activations
-calibrated on --calib-images images of the training split through the test pipeline); the float
-and the INT8 program are evaluated on the val split (--eval-images, 0: all) with the config's
-evaluator, and the INT8 file is written only if its metric (mAP, mIoU, top-1) is at most
---max-drop points below the float program's. --exclude keeps modules float (names of the
-model's modules, e.g. backbone.stem backbone.stages.0).
+calibrated on --calib-images images of the training split through the test pipeline). Float
+fallback (unless --no-fallback), as tools/deploy/quantize_onnx.py does it: when the fully
+quantized program loses more than --max-drop points of the budget metric (mAP@0.5, mIoU, or the
+top-1 agreement with the float program) on --selection-images val images, the modules whose
+quantization costs the most stay float (mobileone_dense/deploy/executorch_fallback.py: the
+model's modules, coarse first). The float and the INT8 program are then evaluated with the
+config's evaluator on the other val images (--eval-images of them, 0: all), and the INT8 file is
+written only if its metric (mAP, mIoU, top-1) is at most --max-drop points below the float
+program's. --exclude keeps modules float in any case (the model's module names, e.g.
+backbone.stem backbone.stages.0).
 """
 
 import argparse
@@ -34,6 +40,8 @@ import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # a checkout
+from mmengine.config import Config, DictAction
+
 import mobileone_dense  # noqa: F401
 from mobileone_dense.apis.inference import init_model
 from mobileone_dense.datasets.wrappers import innermost_dataset
@@ -42,6 +50,7 @@ from mobileone_dense.deploy.executorch_check import (
     default_input_size,
     evaluate_program,
     fixed_size_batches,
+    fixed_size_dataset,
     fixed_size_pipeline,
     task_metric,
 )
@@ -54,8 +63,11 @@ from mobileone_dense.deploy.executorch_export import (
     require_executorch,
     write_pte,
 )
+from mobileone_dense.deploy.executorch_fallback import search_float_modules
+from mobileone_dense.deploy.onnx_data import disjoint_indices
 from mobileone_dense.deploy.onnx_export import exportable_task
 from mobileone_dense.deploy.onnx_metadata import detection_decoding, test_transforms
+from mobileone_dense.deploy.quantization_fallback import BUDGET_METRIC
 from mobileone_dense.errors import InputError, MissingDataError, OnnxParityError
 
 
@@ -83,12 +95,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument('--int8', action='store_true', help='PT2E INT8 (XNNPACK quantizer)')
     parser.add_argument('--calib-images', type=int, default=32)
-    parser.add_argument('--eval-images', type=int, default=0, help='val images (0: all)')
+    parser.add_argument(
+        '--no-fallback', action='store_true', help='INT8: quantize every module (no fallback)'
+    )
+    parser.add_argument(
+        '--selection-images',
+        type=int,
+        default=100,
+        help='INT8: val images the float fallback is chosen on (at most half of the split)',
+    )
+    parser.add_argument(
+        '--eval-images',
+        type=int,
+        default=0,
+        help='INT8: val images, not used for selection, that the result is reported on (0: all)',
+    )
     parser.add_argument(
         '--max-drop', type=float, default=1.0, help='INT8: accepted metric drop, points'
     )
     parser.add_argument('--exclude', nargs='+', default=[], metavar='MODULE')
     parser.add_argument('--threads', type=int, default=None, help='XNNPACK threads')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of CONFIG, e.g. val_dataloader.dataset.data_root=DIR',
+    )
     args = parser.parse_args(argv)
     for name in ('check_images', 'calib_images'):
         if getattr(args, name) < 1:
@@ -121,34 +153,84 @@ def float_checks(model, runner, batches, task: str, tolerance: float) -> tuple:
 
 
 def int8_program(model, cfg, args, shape, float_program) -> tuple:
-    """Calibrate, quantize, evaluate against the float program; (program, lines, JSON)."""
+    """Calibrate, keep the modules that break INT8 float (unless --no-fallback), quantize,
+    evaluate against the float program on val images the choice did not see; (program,
+    lines, JSON)."""
     size = shape[2:]
     calibration = [x for x, _ in fixed_size_batches(model, cfg, 'train', args.calib_images, size)]
+    dataset = fixed_size_dataset(cfg, 'val', size)
+    selection, evaluation = disjoint_indices(
+        len(dataset), 0 if args.no_fallback else args.selection_images, args.eval_images
+    )
+    if not args.no_fallback and not selection:
+        raise InputError(
+            f'the val split has {len(dataset)} image(s): the float fallback needs 2 or more '
+            '(or give --no-fallback)'
+        )
+    float_modules, search, lines = list(args.exclude), None, []
     start = time.perf_counter()
-    program = export_program(model, shape, True, calibration, args.exclude)
-    seconds = time.perf_counter() - start
-    batches = fixed_size_batches(model, cfg, 'val', args.eval_images, size)
+    if not args.no_fallback:
+        task = exportable_task(model)
+        print(
+            f'float fallback on {len(selection)} val images, budget {args.max_drop} '
+            f'{BUDGET_METRIC[task]} points:',
+            flush=True,
+        )
+        search = search_float_modules(
+            model,
+            cfg,
+            float_program,
+            calibration,
+            fixed_size_batches(model, cfg, 'val', 0, size, indices=selection),
+            dataset,
+            args.max_drop,
+            args.exclude,
+            args.threads,
+            lambda line: print(line, flush=True),
+        )
+        float_modules += search.float_layers
+        lines.append(
+            f'float fallback ({search.evaluations} programs tried, '
+            f'{time.perf_counter() - start:.0f} s): {BUDGET_METRIC[task]} on the selection '
+            f'images float {search.float_metric:.2f}, all INT8 {search.quantized_metric:.2f}, '
+            f'written {search.metric:.2f}; kept float: {search.float_layers or "nothing"}'
+        )
+    program = export_program(model, shape, True, calibration, float_modules)
+    batches = fixed_size_batches(model, cfg, 'val', 0, size, indices=evaluation)
     scores = {}
     for name, data in (('float32', float_program), ('int8', program)):
         metrics = evaluate_program(PteRunner(data, args.threads), model, batches, cfg, 'val')
         scores[name] = task_metric(model, metrics)
     metric = scores['float32'][0]
     drop = scores['float32'][1] - scores['int8'][1]
-    lines = [
-        f'INT8 (calibrated on {len(calibration)} training images, {seconds:.0f} s): {metric} '
-        f'on {len(batches)} val images {scores["float32"][1]:.2f} (float32) -> '
-        f'{scores["int8"][1]:.2f} (INT8), float modules: {args.exclude or "none"}'
-    ]
+    lines.append(
+        f'INT8 (calibrated on {len(calibration)} training images): {metric} on {len(batches)} '
+        f'other val images {scores["float32"][1]:.2f} (float32) -> {scores["int8"][1]:.2f} '
+        f'(INT8), float modules: {float_modules or "none"}'
+    )
     if drop > args.max_drop:
         raise OnnxParityError(
-            f'INT8 loses {drop:.2f} {metric} points > --max-drop {args.max_drop:g}; keep the '
-            'layers that break float with --exclude (see docs/deployment.md)'
+            f'INT8 loses {drop:.2f} {metric} points > --max-drop {args.max_drop:g} on the '
+            'evaluation images; keep more modules float with --exclude, or choose the fallback '
+            'on more images (--selection-images; see docs/deployment.md)'
         )
     info = dict(
         scheme='PT2E, XNNPACKQuantizer symmetric INT8, per-channel weights, static activations',
         calibration_images=len(calibration),
         calibration_split='train',
-        float_modules=list(args.exclude),
+        float_modules=float_modules,
+        fallback=None
+        if search is None
+        else dict(
+            metric=BUDGET_METRIC[exportable_task(model)],
+            max_drop=args.max_drop,
+            selection_images=len(selection),
+            float_metric=search.float_metric,
+            quantized_metric=search.quantized_metric,
+            metric_with_fallback=search.metric,
+            within_budget=search.within_budget,
+            evaluations=search.evaluations,
+        ),
         metric=metric,
         float32=scores['float32'][1],
         int8=scores['int8'][1],
@@ -159,8 +241,10 @@ def int8_program(model, cfg, args, shape, float_program) -> tuple:
 
 def export(args) -> list:
     """Build, check and write; the report lines. Raises on any failed check."""
-    model = init_model(args.config, args.checkpoint)  # strict load + reparameterize + eval
-    cfg = model.cfg
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    model = init_model(cfg, args.checkpoint)  # strict load + reparameterize + eval
     task = exportable_task(model)
     check_module_names(model, args.exclude)
     size = tuple(args.input_size or default_input_size(cfg, task))

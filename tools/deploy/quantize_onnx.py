@@ -36,10 +36,7 @@ from mobileone_dense.apis.model_building import build_model_from_config
 from mobileone_dense.deploy.onnx_data import disjoint_indices, preprocessed_batches, split_dataset
 from mobileone_dense.deploy.onnx_evaluation import (
     TASK_METRICS,
-    agreement,
     compare_models,
-    evaluate_batches,
-    top1_labels,
 )
 from mobileone_dense.deploy.onnx_export import onnx_session, require_onnx
 from mobileone_dense.deploy.onnx_metadata import read_metadata
@@ -48,9 +45,12 @@ from mobileone_dense.deploy.quantization import (
     Calibration,
     boundary_convs,
     calibration_feeds,
-    feeds_of,
 )
-from mobileone_dense.deploy.quantization_fallback import BUDGET_METRIC, search_float_layers
+from mobileone_dense.deploy.quantization_fallback import (
+    BUDGET_METRIC,
+    search_float_layers,
+    selection_metric,
+)
 from mobileone_dense.engine.deploy_checkpoints import write_atomically
 from mobileone_dense.errors import InputError
 
@@ -156,21 +156,6 @@ def format_table(rows: list, task: str) -> str:
             f'x{row["latency_ms"] / rows[0]["latency_ms"]:.2f}'
         )
     return '\n'.join(lines)
-
-
-def selection_metric(task, float_session, meta, model, cfg, batches, dataset):
-    """``metric_of(session)`` on the selection batches in the budget's units, and the float
-    model's value."""
-    if task == 'classification':
-        feeds = feeds_of(batches, task)
-        reference = top1_labels(float_session, meta, feeds)
-        return (lambda session: agreement(top1_labels(session, meta, feeds), reference)), 100.0
-    key, _, scale = next(m for m in TASK_METRICS[task] if m[1] == BUDGET_METRIC[task])
-
-    def metric_of(session):
-        return float(evaluate_batches(session, meta, model, cfg, batches, dataset)[key]) * scale
-
-    return metric_of, metric_of(float_session)
 
 
 def quantize(args, cfg, model, meta, out):
