@@ -43,6 +43,7 @@ from mobileone_dense.deploy.executorch_export import (
     read_pte_metadata,
     traced_graph,
 )
+from mobileone_dense.deploy.executorch_fallback import module_groups
 from mobileone_dense.deploy.numpy_postprocess import ssd_detections
 from mobileone_dense.deploy.onnx_end2end_check import check_detections, padded_detections
 from mobileone_dense.deploy.onnx_metadata import detection_decoding
@@ -119,10 +120,16 @@ def test_int8_tool_stays_near_float(runs, tmp_path, capsys):
     out = str(tmp_path / 'mu0_int8.pte')
     args = [config, checkpoint, '--out', out, '--check-images', '2', '--int8']
     assert load_tool().main(args + ['--calib-images', '4', '--exclude', 'backbone.stem']) == 0
-    assert 'INT8 (calibrated on 4 training images' in capsys.readouterr().out
-    meta = read_pte_metadata(out)
-    assert meta['quantization']['float_modules'] == ['backbone.stem']
-    assert meta['quantization']['eval_images'] == 8 and meta['quantization']['metric'] == 'top-1'
+    printed = capsys.readouterr().out
+    assert 'INT8 (calibrated on 4 training images' in printed
+    assert 'float fallback on 4 val images, budget 1.0 top-1 agreement with float' in printed
+    quantization = read_pte_metadata(out)['quantization']
+    # the float fallback chose on half of the 8 val images and the report is on the other half;
+    # --exclude stays float whatever the search keeps
+    fallback = quantization['fallback']
+    assert fallback['selection_images'] == 4 and quantization['eval_images'] == 4
+    assert fallback['float_metric'] == 100.0 and fallback['evaluations'] >= 1
+    assert quantization['float_modules'][0] == 'backbone.stem' and quantization['metric'] == 'top-1'
     # on the images it is evaluated on: INT8 logits near the deploy model's
     model = init_model(config, checkpoint)
     runner = PteRunner(out)
@@ -309,3 +316,15 @@ def test_benchmark_times_every_runtime_for_ours_and_the_baseline(monkeypatch):
             ours[form].median_ms / base[form].median_ms
         )
     assert settings.notes == [] or all('CPU peak' in note for note in settings.notes)
+
+
+def test_fallback_candidates_are_the_modules_coarse_first(runs):
+    model = init_model(*runs('cls'))
+    roots, children = module_groups(model)
+    assert roots == ['backbone', 'head']
+    assert children['backbone'] == ['backbone.stem', 'backbone.stages']
+    assert children['backbone.stages'] == [f'backbone.stages.{i}' for i in range(4)]
+    assert children['backbone.stages.0'][:2] == ['backbone.stages.0.0', 'backbone.stages.0.1']
+    # every quantizable layer is under a root, and a group of one module is not split
+    assert all(name.split('.')[0] in roots for name in quantizable_modules(model))
+    assert all(len(subs) > 1 for subs in children.values())

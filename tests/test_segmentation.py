@@ -31,6 +31,9 @@ image_demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(image_demo)
 ARCHS = ['s0', 's1', 's2', 's3', 's4']
 DATASETS = ['voc', 'ade20k', 'voc_coco']
+# The learned segmentor's deploy mIoU (%): the minimum of its robustness matrix (seeds x kernel
+# sets, docs/tests.md) less a margin of about ten points; the untrained model is below it.
+LEARN_MIOU_FLOOR = 50.0
 
 
 def config_path(arch, dataset):
@@ -418,11 +421,12 @@ def test_deeplabv3_s0_learns_the_generated_shapes(learned_segmentor, tmp_path):
     config does not."""
     from mobileone_dense.engine import Runner
 
-    assert miou_printed_by(learned_segmentor['tests']['deploy']) >= 60
+    miou = miou_printed_by(learned_segmentor['tests']['deploy'])
+    assert miou >= LEARN_MIOU_FLOOR, f'deploy mIoU {miou:.2f}'
     cfg = learning_config(learned_segmentor['voc'], str(tmp_path))
     cfg.log_level = 'WARNING'
     untrained = Runner.from_cfg(cfg).val()
-    assert untrained['mIoU'] < 60, untrained
+    assert untrained['mIoU'] < LEARN_MIOU_FLOOR, untrained
 
 
 def test_ade20k_config_trains_and_tests(tmp_path, apple_checkpoints):
