@@ -328,3 +328,62 @@ def test_fallback_candidates_are_the_modules_coarse_first(runs):
     # every quantizable layer is under a root, and a group of one module is not split
     assert all(name.split('.')[0] in roots for name in quantizable_modules(model))
     assert all(len(subs) > 1 for subs in children.values())
+
+
+class _TwoParts(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Conv2d(4, 2, 1)
+
+
+def test_a_program_xnnpack_refuses_counts_as_collapsed_in_the_fallback(monkeypatch):
+    """XNNPACK refuses some INT8 programs at load time (``xnn_status_unsupported_parameter``):
+    the search must go on (keeping float what makes it refuse), not crash."""
+    from mobileone_dense.deploy import executorch_fallback
+
+    def export(model, shape, int8, calibration, float_modules):
+        return b'ok' if 'backbone' in float_modules else b'refused'
+
+    class Runner:
+        def __init__(self, program, threads=None):
+            if program == b'refused':
+                raise RuntimeError('Failed to load method forward, error: 0x:1')
+
+    monkeypatch.setattr(executorch_fallback, 'export_program', export)
+    monkeypatch.setattr(executorch_fallback, 'PteRunner', Runner)
+    monkeypatch.setattr(executorch_fallback, 'exportable_task', lambda model: 'classification')
+    monkeypatch.setattr(
+        executorch_fallback, 'selection_metric', lambda *args: (lambda runner: 100.0, 100.0)
+    )
+    lines = []
+    batch = (torch.zeros(1, 3, 8, 8), [])
+    search = executorch_fallback.search_float_modules(
+        _TwoParts(), None, b'float', [], [batch], None, log=lines.append
+    )
+    assert search.float_layers == ['backbone'] and search.within_budget
+    assert search.quantized_metric == 0.0
+    assert any('XNNPACK refused the program' in line for line in lines)
+
+
+def test_benchmark_leaves_out_a_program_xnnpack_refuses(monkeypatch):
+    from mobileone_dense.analysis import runtimes
+
+    monkeypatch.setattr(runtimes, 'quantize_graph', lambda graph, x, calibration: 'int8')
+    monkeypatch.setattr(runtimes, 'lower_to_pte', lambda module, x: module)
+
+    class Runner:
+        def __init__(self, program, threads=None):
+            if program == 'int8':
+                raise RuntimeError('Failed to load method forward, error: 0x:1')
+
+        def __call__(self, x):
+            return x
+
+    monkeypatch.setattr(runtimes, 'PteRunner', Runner)
+    notes = []
+    graph = runtimes.FlatOutputs(_TwoParts())
+    built = runtimes._executorch_runners(graph, torch.zeros(1, 3, 8, 8), 1, notes, 'tiny det')
+    assert [form for form, _ in built] == [runtimes.RUNTIME_FORMS[2]]
+    assert len(notes) == 1 and 'not timed: XNNPACK refused it' in notes[0]
+    assert runtimes.RUNTIME_FORMS[3] in notes[0] and 'tiny det' in notes[0]

@@ -92,7 +92,9 @@ def _calibration(inputs: torch.Tensor) -> List[torch.Tensor]:
     return [inputs] + extra
 
 
-def _onnx_runners(graph: FlatOutputs, inputs: torch.Tensor, threads: int) -> list:
+def _onnx_runners(
+    graph: FlatOutputs, inputs: torch.Tensor, threads: int, notes: List[str], label: str
+) -> list:
     """(form, call) for onnxruntime float32 and INT8 of ``graph``."""
     names = [f'output_{i}' for i in range(len(graph(inputs)))]
     runners = []
@@ -108,12 +110,20 @@ def _onnx_runners(graph: FlatOutputs, inputs: torch.Tensor, threads: int) -> lis
     return runners
 
 
-def _executorch_runners(graph: FlatOutputs, inputs: torch.Tensor, threads: int) -> list:
-    """(form, call) for ExecuTorch XNNPACK float32 and INT8 of ``graph``."""
+def _executorch_runners(
+    graph: FlatOutputs, inputs: torch.Tensor, threads: int, notes: List[str], label: str
+) -> list:
+    """(form, call) for ExecuTorch XNNPACK float32 and INT8 of ``graph``; a program that
+    XNNPACK refuses to load (``xnn_status_unsupported_parameter``, e.g. an INT8 layer of a
+    random-weight model whose output range is degenerate) is left out with a line in ``notes``."""
     int8 = quantize_graph(graph, inputs, _calibration(inputs))
     runners = []
     for form, module in zip(RUNTIME_FORMS[2:], (graph, int8)):
-        runner = PteRunner(lower_to_pte(module, inputs), threads)
+        try:
+            runner = PteRunner(lower_to_pte(module, inputs), threads)
+        except RuntimeError as error:  # XNNPACK refuses to build the program (see the note)
+            notes.append(f'--runtimes: {form} of {label} not timed: XNNPACK refused it ({error})')
+            continue
         runners.append((form, lambda r=runner: r(inputs)))
     return runners
 
@@ -138,5 +148,5 @@ def runtime_runners(
             settings.notes.append(f'--runtimes: {name} skipped for {label}: {error}')
             continue
         with torch.no_grad():
-            runners += build(graph, inputs, settings.threads)
+            runners += build(graph, inputs, settings.threads, settings.notes, label)
     return runners

@@ -70,7 +70,15 @@ def search_float_modules(
     def evaluate(float_modules) -> float:
         modules = list(exclude) + sorted(float_modules)
         program = export_program(model, shape, True, calibration, modules)
-        return metric_of(PteRunner(program, num_threads))
+        try:
+            runner = PteRunner(program, num_threads)
+        except RuntimeError as error:
+            # XNNPACK refuses some INT8 layers (xnn_status_unsupported_parameter, e.g. a
+            # degenerate output range): a program that does not load is as bad as a collapsed one
+            if log:
+                log(f'  XNNPACK refused the program with {modules or "nothing"} float: {error}')
+            return 0.0
+        return metric_of(runner)
 
     roots, finer = module_groups(model)
     return select_float_layers(

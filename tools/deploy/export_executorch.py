@@ -128,6 +128,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load(program: bytes, threads, form: str) -> PteRunner:
+    """The program in ``executorch.runtime``; XNNPACK's refusal to build it becomes an error
+    that says what to do."""
+    try:
+        return PteRunner(program, threads)
+    except RuntimeError as error:
+        raise OnnxParityError(
+            f'executorch.runtime cannot load the {form} program ({error}; XNNPACK printed why '
+            'above, e.g. xnn_status_unsupported_parameter)'
+            + ('; keep the modules it refuses float with --exclude' if form == 'int8' else '')
+        ) from error
+
+
 def float_checks(model, runner, batches, task: str, tolerance: float) -> tuple:
     """Compare the float program with PyTorch on the check batches; (report lines, JSON)."""
     error = check_pte(model, runner, [inputs for inputs, _ in batches])
@@ -199,7 +212,7 @@ def int8_program(model, cfg, args, shape, float_program) -> tuple:
     batches = fixed_size_batches(model, cfg, 'val', 0, size, indices=evaluation)
     scores = {}
     for name, data in (('float32', float_program), ('int8', program)):
-        metrics = evaluate_program(PteRunner(data, args.threads), model, batches, cfg, 'val')
+        metrics = evaluate_program(load(data, args.threads, name), model, batches, cfg, 'val')
         scores[name] = task_metric(model, metrics)
     metric = scores['float32'][0]
     drop = scores['float32'][1] - scores['int8'][1]
@@ -255,7 +268,7 @@ def export(args) -> list:
     program = export_program(model, shape)
     lines = [f'exported {task} at {size[0]}x{size[1]} in {time.perf_counter() - start:.0f} s']
     check_lines, check = float_checks(
-        model, PteRunner(program, args.threads), batches, task, args.tolerance
+        model, load(program, args.threads, 'float32'), batches, task, args.tolerance
     )
     lines += check_lines
     quantization = None
