@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .executorch_check import Batch, quantizable_modules
 from .executorch_export import PteRunner, export_program
-from .fallback import FallbackResult, select_float_layers
+from .fallback import FallbackResult, candidate_hierarchy, select_float_layers
 from .onnx_export import exportable_task
 from .quantization_fallback import selection_metric
 
@@ -24,19 +24,13 @@ def module_groups(model: nn.Module, depth: int = 4) -> Tuple[List[str], Dict[str
     """The candidate groups of ``model``: the top-level modules holding a layer INT8 quantizes
     (definition order), and each group's sub-modules one level further, down to ``depth`` levels
     of the module path (a group with a single sub-module is not split)."""
-    roots: List[str] = []
-    children: Dict[str, List[str]] = {}
-    for name in quantizable_modules(model):
+
+    def prefixes(name: str) -> List[str]:
         parts = name.split('.')
         # the layer's parent modules, then the layer itself when it sits above ``depth``
-        prefixes = ['.'.join(parts[:level]) for level in range(1, min(depth, len(parts)) + 1)]
-        if prefixes[0] not in roots:
-            roots.append(prefixes[0])
-        for parent, child in zip(prefixes, prefixes[1:]):
-            siblings = children.setdefault(parent, [])
-            if child not in siblings:
-                siblings.append(child)
-    return roots, {group: subs for group, subs in children.items() if len(subs) > 1}
+        return ['.'.join(parts[:level]) for level in range(1, min(depth, len(parts)) + 1)]
+
+    return candidate_hierarchy(prefixes(name) for name in quantizable_modules(model))
 
 
 def search_float_modules(

@@ -21,7 +21,7 @@ Names are hierarchical: ``evaluate`` must treat a name as covering every layer u
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 
 @dataclass
@@ -142,3 +142,22 @@ def select_float_layers(
         sensitivity=sensitivity,
         evaluations=len(search.cache),
     )
+
+
+def candidate_hierarchy(
+    layer_prefixes: Iterable[Sequence[str]],
+) -> Tuple[List[str], Dict[str, List[str]]]:
+    """The candidates of :func:`select_float_layers` from each layer's enclosing groups, coarse
+    to fine (e.g. ``['backbone', 'backbone.stages', 'backbone.stages.0']``): the top-level
+    groups in first-seen order, and ``children`` (group -> its sub-groups, first-seen order)
+    for the groups with more than one sub-group (a group of one is not split)."""
+    roots: List[str] = []
+    children: Dict[str, List[str]] = {}
+    for prefixes in layer_prefixes:
+        if prefixes[0] not in roots:
+            roots.append(prefixes[0])
+        for parent, child in zip(prefixes, prefixes[1:]):
+            siblings = children.setdefault(parent, [])
+            if child not in siblings:
+                siblings.append(child)
+    return roots, {group: subs for group, subs in children.items() if len(subs) > 1}

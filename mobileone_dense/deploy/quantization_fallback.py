@@ -11,7 +11,7 @@ theirs (the re-parameterized blocks of a stage). The metric is the task's (see
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .fallback import FallbackResult, select_float_layers
+from .fallback import FallbackResult, candidate_hierarchy, select_float_layers
 from .onnx_evaluation import TASK_METRICS, agreement, evaluate_batches, top1_labels
 from .onnx_export import onnx_session
 from .quantization import NETWORK_OPS, NETWORK_SCOPE, Calibration, feeds_of
@@ -32,23 +32,18 @@ def candidate_groups(path: str, depth: int = 3) -> Tuple[List[str], Dict[str, Li
     own), pooling too: an INT8 pooled feature can break a model as an INT8 conv can."""
     import onnx
 
-    roots: List[str] = []
-    children: Dict[str, List[str]] = {}
-    for node in onnx.load(path, load_external_data=False).graph.node:
-        if node.op_type not in NETWORK_OPS or not node.name.startswith(NETWORK_SCOPE):
-            continue
+    def prefixes(node) -> List[str]:
         modules = node.name[len(NETWORK_SCOPE) :].split('/')[:-1]  # the last part: the op
-        prefixes = [
+        return [
             NETWORK_SCOPE + '/'.join(modules[:level]) + '/'
             for level in range(1, min(depth, len(modules)) + 1)
         ] or [node.name]
-        if prefixes[0] not in roots:
-            roots.append(prefixes[0])
-        for parent, child in zip(prefixes, prefixes[1:]):
-            siblings = children.setdefault(parent, [])
-            if child not in siblings:
-                siblings.append(child)
-    return roots, {group: subs for group, subs in children.items() if len(subs) > 1}
+
+    return candidate_hierarchy(
+        prefixes(node)
+        for node in onnx.load(path, load_external_data=False).graph.node
+        if node.op_type in NETWORK_OPS and node.name.startswith(NETWORK_SCOPE)
+    )
 
 
 def search_float_layers(
