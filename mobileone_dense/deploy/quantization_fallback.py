@@ -87,3 +87,24 @@ def selection_metric(task, float_session, meta, model, cfg, batches, dataset):
         return float(evaluate_batches(session, meta, model, cfg, batches, dataset)[key]) * scale
 
     return metric_of, metric_of(float_session)
+
+
+def add_fallback_arguments(parser) -> None:
+    """The float-fallback options both INT8 tools take (``quantize_onnx.py``,
+    ``export_executorch.py --int8``): ``--max-drop``, ``--no-fallback``, ``--selection-images``."""
+    parser.add_argument(
+        '--max-drop',
+        type=float,
+        default=1.0,
+        help='accuracy budget of the float fallback, in points of the budget metric',
+    )
+    parser.add_argument(
+        '--no-fallback', action='store_true', help='quantize every layer (no float fallback)'
+    )
+    parser.add_argument(
+        '--selection-images',
+        type=int,
+        default=100,
+        help='val images the fallback is chosen on (at most half of the split; the report '
+        'uses the others)',
+    )

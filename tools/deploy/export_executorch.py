@@ -67,7 +67,7 @@ from mobileone_dense.deploy.executorch_fallback import search_float_modules
 from mobileone_dense.deploy.onnx_data import disjoint_indices
 from mobileone_dense.deploy.onnx_export import exportable_task
 from mobileone_dense.deploy.onnx_metadata import detection_decoding, test_transforms
-from mobileone_dense.deploy.quantization_fallback import BUDGET_METRIC
+from mobileone_dense.deploy.quantization_fallback import BUDGET_METRIC, add_fallback_arguments
 from mobileone_dense.errors import InputError, MissingDataError, OnnxParityError
 
 
@@ -95,23 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument('--int8', action='store_true', help='PT2E INT8 (XNNPACK quantizer)')
     parser.add_argument('--calib-images', type=int, default=32)
-    parser.add_argument(
-        '--no-fallback', action='store_true', help='INT8: quantize every module (no fallback)'
-    )
-    parser.add_argument(
-        '--selection-images',
-        type=int,
-        default=100,
-        help='INT8: val images the float fallback is chosen on (at most half of the split)',
-    )
+    add_fallback_arguments(parser)  # --int8: --max-drop, --no-fallback, --selection-images
     parser.add_argument(
         '--eval-images',
         type=int,
         default=0,
         help='INT8: val images, not used for selection, that the result is reported on (0: all)',
-    )
-    parser.add_argument(
-        '--max-drop', type=float, default=1.0, help='INT8: accepted metric drop, points'
     )
     parser.add_argument('--exclude', nargs='+', default=[], metavar='MODULE')
     parser.add_argument('--threads', type=int, default=None, help='XNNPACK threads')

@@ -48,6 +48,7 @@ from mobileone_dense.deploy.quantization import (
 )
 from mobileone_dense.deploy.quantization_fallback import (
     BUDGET_METRIC,
+    add_fallback_arguments,
     search_float_layers,
     selection_metric,
 )
@@ -64,22 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('config', help="the model's config (training or deploy config)")
     parser.add_argument('model', help='float ONNX file written by tools/deploy/export_onnx.py')
     parser.add_argument('--out', help='INT8 file (default: FLOAT_int8.onnx)')
-    parser.add_argument(
-        '--max-drop',
-        type=float,
-        default=1.0,
-        help='accuracy budget of the float fallback, in points of the budget metric',
-    )
-    parser.add_argument(
-        '--no-fallback', action='store_true', help='quantize every layer (no float fallback)'
-    )
-    parser.add_argument(
-        '--selection-images',
-        type=int,
-        default=100,
-        help='val images the fallback is chosen on (at most half of the split; the report '
-        'uses the others)',
-    )
+    add_fallback_arguments(parser)
     parser.add_argument(
         '--method', default='MinMax', choices=METHODS, help='activation range calibration'
     )
