@@ -17,7 +17,7 @@ lint: setup
 	$(PYTHON) -m ruff format --check .
 
 test: setup lint
-	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider --durations=25
 
 # The numbers of docs/performance.md: classifiers S0-S4 (table + plot), SSDLite and DeepLabV3 S0.
 benchmark: setup

@@ -3,7 +3,7 @@
 The S0 classifier, detector and segmentor of our configs on tiny generated data at small input
 sizes, random weights with calibrated BN (``test_onnx_export.make_checkpoint``, training-time
 checkpoints: the tool re-parameterizes them). Float32 programs must give PyTorch's raw outputs
-within 1e-4 (relative); the detector's outputs, post-processed by mmdet's code and by the numpy
+within 1e-3 (relative); the detector's outputs, post-processed by mmdet's code and by the numpy
 decoding + NMS, must give ``model.predict``'s detections (the tie rule of docs/deployment.md);
 INT8 programs must stay close to float.
 """
@@ -53,7 +53,7 @@ pytest.importorskip('executorch')  # CI installs it (requirements-mobile.txt); a
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'deploy', 'export_executorch.py')
-TOLERANCE = 1e-4
+TOLERANCE = 1e-3  # the tool's default: float32 rounding across runtimes, with margin
 # INT8 logits vs float32, relative to the largest logit, on calibration-like images
 INT8_BUDGET = 0.1
 
@@ -109,7 +109,7 @@ def test_classifier_tool_from_a_training_checkpoint(runs, tmp_path, capsys):
     assert meta['task'] == 'classification' and meta['input_shape'] == [1, 3, 32, 32]
     assert meta['check']['max_relative_difference'] <= TOLERANCE and meta['quantization'] is None
     assert meta['preprocess']['bgr_to_rgb'] and meta['classes'][0] == 'n00000000'
-    # independently of the tool: the re-parameterized model's logits within 1e-4
+    # independently of the tool: the re-parameterized model's logits within TOLERANCE
     model = init_model(config, checkpoint)
     inputs = [image_like(1, 32, 32, seed=3), image_like(1, 32, 32, seed=4)]
     assert check_pte(model, PteRunner(out), inputs) <= TOLERANCE
@@ -184,7 +184,7 @@ def test_numpy_decoding_and_nms_equal_predict_and_can_fail():
     loose = dict(info, iou_threshold=0.7)
     found = ssd_detections(outputs, loose, (96, 128), metas[0]['scale_factor'])
     with pytest.raises(OnnxParityError, match='on one side'):
-        check_detections(model, inputs, samples, padded_detections(found), dict(report), 1e-3, 1e-5)
+        check_detections(model, inputs, samples, padded_detections(found), dict(report), 1e-2, 1e-4)
 
 
 def test_segmentor_program_gives_logits_at_the_input_size(runs):
@@ -387,3 +387,32 @@ def test_benchmark_leaves_out_a_program_xnnpack_refuses(monkeypatch):
     assert [form for form, _ in built] == [runtimes.RUNTIME_FORMS[2]]
     assert len(notes) == 1 and 'not timed: XNNPACK refused it' in notes[0]
     assert runtimes.RUNTIME_FORMS[3] in notes[0] and 'tiny det' in notes[0]
+
+
+def test_the_int8_file_is_gated_on_the_budget_metric_and_reports_every_metric(
+    runs, tmp_path, capsys, monkeypatch
+):
+    """Detection: the written INT8 program must hold mAP@0.5 (the metric the fallback's budget
+    counts in); the report and the JSON carry mAP too. The evaluator's figures are planted:
+    mAP falls 20 points, mAP@0.5 0.5: written."""
+    config, checkpoint = runs('det')
+    tool = load_tool()
+    figures = iter(
+        [
+            {'coco/bbox_mAP': 0.5, 'coco/bbox_mAP_50': 0.9},
+            {'coco/bbox_mAP': 0.3, 'coco/bbox_mAP_50': 0.895},
+        ]
+    )
+    monkeypatch.setattr(tool, 'evaluate_program', lambda *a, **k: next(figures))
+    out = str(tmp_path / 'det_int8.pte')
+    args = ['--int8', '--no-fallback', '--calib-images', '1', '--check-images', '1']
+    assert tool.main([config, checkpoint, '--out', out, *args, '--exclude', 'neck']) == 0
+    assert 'mAP 50.00 -> 30.00, mAP@0.5 90.00 -> 89.50' in capsys.readouterr().out
+    quantization = read_pte_metadata(out)['quantization']
+    assert quantization['metric'] == 'mAP@0.5' and quantization['int8'] == 89.5
+    assert quantization['metrics']['int8']['mAP'] == 30.0
+    # 5 points of mAP@0.5 lost: refused (the tool writes nothing then)
+    scores = dict(float32={'mAP': 50.0, 'mAP@0.5': 90.0}, int8={'mAP': 50.0, 'mAP@0.5': 85.0})
+    with pytest.raises(OnnxParityError, match='INT8 loses 5.00 mAP@0.5 points > --max-drop 1'):
+        tool.gated_metric(scores, 'detection', 1.0)
+    assert tool.gated_metric(scores, 'detection', 5.0) == 'mAP@0.5'

@@ -124,8 +124,8 @@ def check_detector(
     runner: Callable[[torch.Tensor], List[torch.Tensor]],
     batches: Sequence[Batch],
     decoding: Optional[Dict[str, Any]] = None,
-    box_tol: float = 1e-3,
-    score_tol: float = 1e-5,
+    box_tol: float = 1e-2,
+    score_tol: float = 1e-4,
 ) -> Dict[str, Dict[str, Any]]:
     """The program's raw outputs turned into detections, against ``model.predict``.
 
@@ -134,6 +134,10 @@ def check_detector(
     :func:`.onnx_export.ssd_postprocess`, and with ``decoding`` (the JSON's ``detection``
     entry) ``'numpy'`` through :func:`.numpy_postprocess.ssd_detections`. Raises
     ``OnnxParityError`` where a detection is on one side only and rounding cannot explain it.
+
+    The tolerances are ten times the end-to-end ONNX check's: XNNPACK picks its own kernels
+    for the CPU it runs on (independent of torch's), so its rounding differs from PyTorch's
+    more, and more from one CPU to another, than onnxruntime's does.
     """
     reports = {}
     for path in ('mmdet', 'numpy') if decoding else ('mmdet',):
@@ -174,6 +178,15 @@ def task_metric(model: nn.Module, metrics: Dict[str, float]) -> Tuple[str, float
     """The task's headline metric (mAP, mIoU, top-1; percent) and its name."""
     key, name, scale = TASK_METRICS[exportable_task(model)][0]
     return name, float(metrics.get(key, 0.0)) * scale
+
+
+def task_metrics(model: nn.Module, metrics: Dict[str, float]) -> Dict[str, float]:
+    """Every metric the reports show for the model's task (name -> percent): detection mAP and
+    mAP@0.5, segmentation mIoU, classification top-1."""
+    return {
+        name: float(metrics.get(key, 0.0)) * scale
+        for key, name, scale in TASK_METRICS[exportable_task(model)]
+    }
 
 
 def int8_metric(

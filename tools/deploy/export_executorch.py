@@ -1,7 +1,7 @@
 """Export the deploy model of a config + checkpoint to an ExecuTorch program (XNNPACK), checked.
 
     python tools/deploy/export_executorch.py CONFIG CHECKPOINT [--out model.pte]
-        [--input-size H W] [--check-split test] [--check-images 4] [--tolerance 1e-4]
+        [--input-size H W] [--check-split test] [--check-images 4] [--tolerance 1e-3]
         [--int8 [--calib-images 32] [--max-drop 1.0] [--no-fallback] [--selection-images 100]
                 [--eval-images 0] [--exclude MODULE ...]]
         [--threads N] [--cfg-options KEY=VALUE ...]
@@ -28,10 +28,10 @@ quantized program loses more than --max-drop points of the budget metric (mAP@0.
 top-1 agreement with the float program) on --selection-images val images, the modules whose
 quantization costs the most stay float (mobileone_dense/deploy/executorch_fallback.py: the
 model's modules, coarse first). The float and the INT8 program are then evaluated with the
-config's evaluator on the other val images (--eval-images of them, 0: all), and the INT8 file is
-written only if its metric (mAP, mIoU, top-1) is at most --max-drop points below the float
-program's. --exclude keeps modules float in any case (the model's module names, e.g.
-backbone.stem backbone.stages.0).
+config's evaluator on the other val images (--eval-images of them, 0: all; detection reports
+mAP and mAP@0.5), and the INT8 file is written only if its mAP@0.5, mIoU or top-1 is at most
+--max-drop points below the float program's. --exclude keeps modules float in any case (the
+model's module names, e.g. backbone.stem backbone.stages.0).
 """
 
 import argparse
@@ -52,7 +52,7 @@ from mobileone_dense.deploy.executorch_check import (
     fixed_size_batches,
     fixed_size_dataset,
     fixed_size_pipeline,
-    task_metric,
+    task_metrics,
 )
 from mobileone_dense.deploy.executorch_export import (
     PteRunner,
@@ -69,6 +69,11 @@ from mobileone_dense.deploy.onnx_export import exportable_task
 from mobileone_dense.deploy.onnx_metadata import detection_decoding, test_transforms
 from mobileone_dense.deploy.quantization_fallback import BUDGET_METRIC, add_fallback_arguments
 from mobileone_dense.errors import InputError, MissingDataError, OnnxParityError
+
+# The metric of the report that must stay within --max-drop of float's before the INT8 file is
+# written: the task metric the fallback's budget counts in (top-1 itself for classification: the
+# report has labels, the selection images' agreement is the fallback's concern).
+GATED_METRIC = dict(detection='mAP@0.5', segmentation='mIoU', classification='top-1')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--check-split', default='test', choices=('train', 'val', 'test'))
     parser.add_argument('--check-images', type=int, default=4)
     parser.add_argument(
-        '--tolerance', type=float, default=1e-4, help='float32: relative difference vs PyTorch'
+        '--tolerance',
+        type=float,
+        default=1e-3,
+        help='float32: relative difference vs PyTorch (rounding; a wrong graph is far above)',
     )
     parser.add_argument('--int8', action='store_true', help='PT2E INT8 (XNNPACK quantizer)')
     parser.add_argument('--calib-images', type=int, default=32)
@@ -154,6 +162,20 @@ def float_checks(model, runner, batches, task: str, tolerance: float) -> tuple:
     return lines, check
 
 
+def gated_metric(scores: dict, task: str, max_drop: float) -> str:
+    """The name of the metric the INT8 program must hold (:data:`GATED_METRIC`); raises when
+    ``scores['int8']`` is more than ``max_drop`` points below ``scores['float32']`` in it."""
+    metric = GATED_METRIC[task]
+    drop = scores['float32'][metric] - scores['int8'][metric]
+    if drop > max_drop:
+        raise OnnxParityError(
+            f'INT8 loses {drop:.2f} {metric} points > --max-drop {max_drop:g} on the '
+            'evaluation images; keep more modules float with --exclude, or choose the fallback '
+            'on more images (--selection-images; see docs/deployment.md)'
+        )
+    return metric
+
+
 def int8_program(model, cfg, args, shape, float_program) -> tuple:
     """Calibrate, keep the modules that break INT8 float (unless --no-fallback), quantize,
     evaluate against the float program on val images the choice did not see; (program,
@@ -202,20 +224,16 @@ def int8_program(model, cfg, args, shape, float_program) -> tuple:
     scores = {}
     for name, data in (('float32', float_program), ('int8', program)):
         metrics = evaluate_program(load(data, args.threads, name), model, batches, cfg, 'val')
-        scores[name] = task_metric(model, metrics)
-    metric = scores['float32'][0]
-    drop = scores['float32'][1] - scores['int8'][1]
-    lines.append(
-        f'INT8 (calibrated on {len(calibration)} training images): {metric} on {len(batches)} '
-        f'other val images {scores["float32"][1]:.2f} (float32) -> {scores["int8"][1]:.2f} '
-        f'(INT8), float modules: {float_modules or "none"}'
+        scores[name] = task_metrics(model, metrics)
+    metric = gated_metric(scores, exportable_task(model), args.max_drop)
+    shown = ', '.join(
+        f'{name} {scores["float32"][name]:.2f} -> {scores["int8"][name]:.2f}'
+        for name in scores['float32']
     )
-    if drop > args.max_drop:
-        raise OnnxParityError(
-            f'INT8 loses {drop:.2f} {metric} points > --max-drop {args.max_drop:g} on the '
-            'evaluation images; keep more modules float with --exclude, or choose the fallback '
-            'on more images (--selection-images; see docs/deployment.md)'
-        )
+    lines.append(
+        f'INT8 (calibrated on {len(calibration)} training images), {len(batches)} other val '
+        f'images, float32 -> INT8: {shown}; float modules: {float_modules or "none"}'
+    )
     info = dict(
         scheme='PT2E, XNNPACKQuantizer symmetric INT8, per-channel weights, static activations',
         calibration_images=len(calibration),
@@ -234,8 +252,9 @@ def int8_program(model, cfg, args, shape, float_program) -> tuple:
             evaluations=search.evaluations,
         ),
         metric=metric,
-        float32=scores['float32'][1],
-        int8=scores['int8'][1],
+        float32=scores['float32'][metric],
+        int8=scores['int8'][metric],
+        metrics=scores,
         eval_images=len(batches),
     )
     return program, lines, info
