@@ -39,6 +39,7 @@ from mobileone_dense.deploy.executorch_export import (
     PteRunner,
     check_pte,
     export_program,
+    lower_to_pte,
     quantize_graph,
     read_pte_metadata,
     traced_graph,
@@ -416,3 +417,23 @@ def test_the_int8_file_is_gated_on_the_budget_metric_and_reports_every_metric(
     with pytest.raises(OnnxParityError, match='INT8 loses 5.00 mAP@0.5 points > --max-drop 1'):
         tool.gated_metric(scores, 'detection', 1.0)
     assert tool.gated_metric(scores, 'detection', 5.0) == 'mAP@0.5'
+
+
+def test_the_benchmarks_random_weight_detector_gets_an_int8_program_xnnpack_builds():
+    """SSDLite-S0 with random weights: from BN's initial statistics its INT8 program is refused
+    by XNNPACK (activations grow by orders of magnitude before the neck); with the statistics
+    measured as the benchmark now does (``trained_scale``) it builds and runs."""
+    from mobileone_dense.analysis import benchmark as bm
+    from mobileone_dense.analysis import runtimes
+    from mobileone_dense.analysis.baselines import build_ours
+    from mobileone_dense.models.reparameterize import reparameterize
+
+    torch.manual_seed(0)  # the random weights
+    settings = bm.BenchmarkSettings(input_size=96, threads=1, runtimes=True)
+    model = reparameterize(bm.trained_scale(build_ours('det', 's0'), 'det', settings))
+    inputs = bm.make_inputs(96, settings)
+    with torch.no_grad():  # the benchmark's INT8 program (runtimes._executorch_runners)
+        graph = runtimes.FlatOutputs(model)
+        int8 = quantize_graph(graph, inputs, runtimes._calibration(inputs))
+        outputs = PteRunner(lower_to_pte(int8, inputs), 1)(inputs)  # refused: RuntimeError
+    assert len(outputs) == 12  # cls_score and bbox_pred of the 6 levels

@@ -40,6 +40,7 @@ from .baselines import (
     build_timm_mobileone,
 )
 from .complexity import params_and_macs
+from .deploy_check import randomize_batch_norm
 from .memory import activation_peak_bytes, module_bytes
 from .report import BenchmarkRow, add_ratios, machine_info
 from .runtimes import onnx_runner, runtime_runners
@@ -133,6 +134,20 @@ def make_inputs(
     return x
 
 
+def trained_scale(model: nn.Module, task: str, settings: BenchmarkSettings) -> nn.Module:
+    """With ``--runtimes``: ``model``'s BN statistics measured on random inputs of the task's
+    size (as training leaves them, :func:`.deploy_check.randomize_batch_norm`), in place.
+
+    Why: from the initial statistics (mean 0, var 1) a random-weight detector's activations grow
+    by orders of magnitude before the neck, and INT8 calibrated on them gives conv layers whose
+    requantization scale (input x weight / output) XNNPACK refuses to build
+    (``xnn_status_unsupported_parameter``). Latency does not depend on the values."""
+    if settings.runtimes and task != 'backbone':
+        calibration = make_inputs(settings.size_for(task), settings, batch=4).cpu()
+        randomize_batch_norm(model, calibration_inputs=calibration)
+    return model
+
+
 def profile_module(module: nn.Module, inputs: torch.Tensor, device: str) -> dict:
     """Params (M), MACs per image (G), weights and activation peak (MB) of ``module(inputs)``."""
     with torch.no_grad():
@@ -217,14 +232,14 @@ def benchmark_task(
             entries.append((dict(names, task=task, form=form), run, counts))
             log(f'  built {names["model"]} {names["variant"]} {form}')
 
-    baseline = build_mobilenet_v2(task)
+    baseline = trained_scale(build_mobilenet_v2(task), task, settings)
     folded = reparameterize(copy.deepcopy(baseline))
     names = dict(model=BASELINE_NAMES[task], variant='x1.0', role='baseline')
     add(baseline, form='as built', **names)
     folded, stats = add(folded, form='BN folded', **names)
     add_runtimes(folded, stats, names)
     for arch in settings.archs:
-        ours = build_ours(task, arch)
+        ours = trained_scale(build_ours(task, arch), task, settings)
         deploy = reparameterize(copy.deepcopy(ours))
         names = dict(model=OUR_NAMES[task], variant=arch, role='ours')
         add(ours, form='train-time', **names)
