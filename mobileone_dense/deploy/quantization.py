@@ -21,6 +21,7 @@ import numpy as np
 import torch.nn as nn
 
 from ..engine.deploy_checkpoints import write_atomically
+from .equalization import equalize_onnx
 from .onnx_data import preprocessed_batches, split_dataset, spread_indices
 from .onnx_export import onnx_session
 
@@ -193,6 +194,8 @@ class Calibration:
         per_channel: one weight scale per output channel (else per tensor).
         percentile: the percentile of ``'Percentile'`` calibration.
         activation_type: ``'QUInt8'`` or ``'QInt8'`` activations (weights are QInt8).
+        equalize: cross-layer equalization of the conv -> ReLU -> conv pairs first
+            (``equalization.equalize_onnx``; its report is ``self.equalization``, else None).
     """
 
     def __init__(
@@ -204,6 +207,7 @@ class Calibration:
         per_channel: bool = True,
         percentile: float = 99.999,
         activation_type: str = 'QUInt8',
+        equalize: bool = False,
     ) -> None:
         from onnxruntime.quantization import CalibrationMethod
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -217,7 +221,12 @@ class Calibration:
         self.calibration = getattr(CalibrationMethod, method)
         os.makedirs(out_dir, exist_ok=True)
         self.work = tempfile.mkdtemp(dir=out_dir, prefix='.quantize.')
+        self.equalization = None
         try:
+            if equalize:
+                equalized = osp.join(self.work, 'equalized.onnx')
+                self.equalization = equalize_onnx(float_path, equalized)
+                float_path = equalized
             self.prepared = osp.join(self.work, 'prepared.onnx')
             # shape inference + graph optimizations before quantizing (onnxruntime's advice);
             # symbolic shapes are skipped: the end-to-end graphs' NMS has data-dependent sizes
@@ -293,6 +302,7 @@ def quantize_onnx(
     exclude_first_last: bool = False,
     percentile: float = 99.999,
     activation_type: str = 'QUInt8',
+    equalize: bool = False,
 ) -> List[str]:
     """Write the INT8 (QDQ) model of ``float_path`` to ``out_path`` (atomically), with the nodes
     of ``exclude`` (names, or prefixes ending in ``/`` such as ``/model/backbone/stages.0/``)
@@ -302,7 +312,7 @@ def quantize_onnx(
         raise ValueError(f'calibration method must be one of {METHODS}, got {method!r}')
     out_dir = osp.dirname(osp.abspath(out_path))
     with Calibration(
-        float_path, feeds, out_dir, method, per_channel, percentile, activation_type
+        float_path, feeds, out_dir, method, per_channel, percentile, activation_type, equalize
     ) as calibration:
         boundary = boundary_convs(calibration.prepared) if exclude_first_last else []
         return calibration.write(out_path, list(exclude) + boundary)

@@ -3,13 +3,18 @@
     python tools/deploy/quantize_onnx.py CONFIG FLOAT.onnx [--out INT8.onnx]
         [--max-drop 1] [--no-fallback] [--selection-images 100] [--eval-images 0]
         [--method MinMax|Entropy|Percentile] [--percentile 99.999] [--calib-images 32]
-        [--per-tensor] [--exclude-first-last] [--exclude NODE ...] [--activation-type QUInt8]
-        [--repeats 30] [--threads N] [--cfg-options KEY=VALUE ...] [--out-json results.json]
+        [--equalize] [--per-tensor] [--exclude-first-last] [--exclude NODE ...]
+        [--activation-type QUInt8] [--repeats 30] [--threads N] [--cfg-options KEY=VALUE ...]
+        [--out-json results.json]
 
 FLOAT.onnx is a file of tools/deploy/export_onnx.py (raw outputs or --end2end) for CONFIG's
 model. onnxruntime static quantization, QDQ format, INT8 weights per output channel (unless
 --per-tensor), activation ranges calibrated on --calib-images images of CONFIG's **training**
-split read through CONFIG's test pipeline.
+split read through CONFIG's test pipeline. --equalize: cross-layer equalization of the
+conv -> ReLU -> conv pairs first (mobileone_dense/deploy/equalization.py; the same float
+function, balanced per-channel weight ranges); the fallback then works on the equalized model.
+Off by default: on our models it did not reduce what must stay float without losing accuracy
+(docs/deployment.md, section 2).
 
 Float fallback (unless --no-fallback): when the fully quantized model loses more than
 --max-drop points of the budget metric (mAP@0.5 for detection, mIoU for segmentation, top-1
@@ -77,6 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         '--calib-images', type=int, default=32, help='calibration images from the training split'
+    )
+    parser.add_argument(
+        '--equalize',
+        action='store_true',
+        help='cross-layer equalization of the conv -> ReLU -> conv pairs before calibration',
     )
     parser.add_argument(
         '--per-tensor',
@@ -174,7 +184,10 @@ def quantize(args, cfg, model, meta, out):
         not args.per_tensor,
         args.percentile,
         args.activation_type,
+        args.equalize,
     ) as calibration:
+        if calibration.equalization is not None:
+            print(calibration.equalization.summary(), flush=True)
         exclude = list(args.exclude)
         exclude += boundary_convs(calibration.prepared) if args.exclude_first_last else []
         search = None
@@ -219,7 +232,16 @@ def quantize(args, cfg, model, meta, out):
             sensitivity=search.sensitivity,
             evaluations=search.evaluations,
         )
-    return dict(kept_float=kept, fallback=fallback, rows=rows, eval_images=len(evaluation))
+    equalization = calibration.equalization
+    if equalization is not None:  # the number of pairs (their names are the graph's)
+        equalization = dict(vars(equalization), pairs=len(equalization.pairs))
+    return dict(
+        kept_float=kept,
+        fallback=fallback,
+        equalization=equalization,
+        rows=rows,
+        eval_images=len(evaluation),
+    )
 
 
 def report(result, task, out) -> None:
