@@ -22,7 +22,7 @@ from .executorch_export import PteRunner, export_program
 from .numpy_postprocess import ssd_detections
 from .onnx_data import preprocessed_batches, split_dataset, spread_indices
 from .onnx_end2end_check import check_detections, padded_detections
-from .onnx_evaluation import TASK_METRICS, evaluate_batches
+from .onnx_evaluation import evaluate_batches, task_metrics
 from .onnx_export import exportable_task, ssd_postprocess
 
 Batch = Tuple[torch.Tensor, list]
@@ -176,17 +176,8 @@ def evaluate_program(
 
 def task_metric(model: nn.Module, metrics: Dict[str, float]) -> Tuple[str, float]:
     """The task's headline metric (mAP, mIoU, top-1; percent) and its name."""
-    key, name, scale = TASK_METRICS[exportable_task(model)][0]
-    return name, float(metrics.get(key, 0.0)) * scale
-
-
-def task_metrics(model: nn.Module, metrics: Dict[str, float]) -> Dict[str, float]:
-    """Every metric the reports show for the model's task (name -> percent): detection mAP and
-    mAP@0.5, segmentation mIoU, classification top-1."""
-    return {
-        name: float(metrics.get(key, 0.0)) * scale
-        for key, name, scale in TASK_METRICS[exportable_task(model)]
-    }
+    name, value = next(iter(task_metrics(exportable_task(model), metrics).items()))
+    return name, value
 
 
 def int8_metric(

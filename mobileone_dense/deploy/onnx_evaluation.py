@@ -33,6 +33,13 @@ TASK_METRICS = dict(
 )
 
 
+def task_metrics(task: str, metrics: Dict[str, float]) -> Dict[str, float]:
+    """The reports' figures of ``task`` from an evaluator's ``metrics`` (name -> percent, in the
+    order of :data:`TASK_METRICS`): detection mAP and mAP@0.5, segmentation mIoU,
+    classification top-1; 0 for a metric the evaluator did not return."""
+    return {label: float(metrics.get(key, 0.0)) * scale for key, label, scale in TASK_METRICS[task]}
+
+
 @torch.no_grad()
 def onnx_predictions(
     session: Any, meta: Dict[str, Any], model: nn.Module, inputs: torch.Tensor, samples: list
@@ -170,8 +177,7 @@ def compare_models(
         meta = read_metadata(path)
         metrics = evaluate_batches(session, meta, model, cfg, batches, dataset)
         row = dict(model=name, path=path, size_mb=osp.getsize(path) / 2**20, images=len(feeds))
-        for key, label, scale in TASK_METRICS[task]:
-            row[label] = float(metrics.get(key, 0.0)) * scale
+        row.update(task_metrics(task, metrics))
         if task == 'classification':
             labels = top1_labels(session, meta, feeds)
             reference = labels if reference is None else reference

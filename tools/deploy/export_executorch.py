@@ -52,7 +52,6 @@ from mobileone_dense.deploy.executorch_check import (
     fixed_size_batches,
     fixed_size_dataset,
     fixed_size_pipeline,
-    task_metrics,
 )
 from mobileone_dense.deploy.executorch_export import (
     PteRunner,
@@ -65,6 +64,7 @@ from mobileone_dense.deploy.executorch_export import (
 )
 from mobileone_dense.deploy.executorch_fallback import search_float_modules
 from mobileone_dense.deploy.onnx_data import disjoint_indices
+from mobileone_dense.deploy.onnx_evaluation import task_metrics
 from mobileone_dense.deploy.onnx_export import exportable_task
 from mobileone_dense.deploy.onnx_metadata import detection_decoding, test_transforms
 from mobileone_dense.deploy.quantization_fallback import BUDGET_METRIC, add_fallback_arguments
@@ -224,7 +224,7 @@ def int8_program(model, cfg, args, shape, float_program) -> tuple:
     scores = {}
     for name, data in (('float32', float_program), ('int8', program)):
         metrics = evaluate_program(load(data, args.threads, name), model, batches, cfg, 'val')
-        scores[name] = task_metrics(model, metrics)
+        scores[name] = task_metrics(exportable_task(model), metrics)
     metric = gated_metric(scores, exportable_task(model), args.max_drop)
     shown = ', '.join(
         f'{name} {scores["float32"][name]:.2f} -> {scores["int8"][name]:.2f}'
